@@ -1,0 +1,196 @@
+// CPU kernel of wgan_ext::fused_clip_: every tensor of the call in one at::parallel_for.
+//
+// The work is laid out as one virtual flat buffer (the tensors end to end); parallel_for splits
+// that by element count, so 800 tiny tensors and one huge one balance the same way, and a call
+// pays for one parallel region instead of one dispatch per tensor.
+#include "../fused_clip.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/Scalar.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace wgan_ext {
+namespace {
+
+// Below this many elements a second thread costs more than it saves.
+constexpr int64_t kGrainSize = 32768;
+
+// float / double: `lo > v ? lo : v` is exactly the maxps(lo, v) pattern, so the compiler
+// vectorises it without -ffast-math, and a NaN v fails both compares and stays NaN.
+template <typename T>
+void clamp_span(T* p, int64_t n, T lo, T hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    T v = p[i];
+    v = lo > v ? lo : v;
+    v = hi < v ? hi : v;
+    p[i] = v;
+  }
+}
+
+// Half / BFloat16: compare the bit patterns as sign-magnitude integers, which orders them as
+// their values (a conversion to float is monotone and exact), so the loop stays integer-only and
+// vectorises. The result is one of v, lo, hi -- exactly what clamp_ picks.
+template <uint16_t kExpMask>
+void clamp_span_16(uint16_t* p, int64_t n, uint16_t lo_bits, uint16_t hi_bits) {
+  auto key = [](uint16_t b) -> int32_t {
+    const int32_t mag = b & 0x7fff;
+    return (b & 0x8000) ? -mag : mag;  // -0 and +0 compare equal, as in IEEE
+  };
+  const int32_t lo = key(lo_bits);
+  const int32_t hi = key(hi_bits);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t b = p[i];
+    const int32_t k = key(b);
+    const bool nan = (b & 0x7fff) > kExpMask;
+    uint16_t r = k < lo ? lo_bits : b;
+    r = k > hi ? hi_bits : r;
+    p[i] = nan ? b : r;
+  }
+}
+
+template <typename T>
+uint16_t bits_of(T v) {
+  uint16_t b;
+  std::memcpy(&b, &v, sizeof(b));
+  return b;
+}
+
+struct Span {
+  void* data;
+  at::ScalarType dtype;
+};
+
+// Bounds rounded to each dtype the way clamp_'s CPU kernel rounds them (Scalar::to<scalar_t>),
+// computed before any write so an out-of-range bound raises with nothing modified.
+struct TypedBounds {
+  float f_lo, f_hi;
+  double d_lo, d_hi;
+  uint16_t h_lo, h_hi, b_lo, b_hi;
+};
+
+TypedBounds make_bounds(const at::TensorList tensors, double lo, double hi) {
+  TypedBounds b{};
+  bool need[4] = {false, false, false, false};
+  for (const auto& t : tensors) {
+    switch (t.scalar_type()) {
+      case at::kFloat: need[0] = true; break;
+      case at::kDouble: need[1] = true; break;
+      case at::kHalf: need[2] = true; break;
+      default: need[3] = true; break;
+    }
+  }
+  const c10::Scalar slo(lo), shi(hi);
+  if (need[0]) { b.f_lo = slo.to<float>(); b.f_hi = shi.to<float>(); }
+  if (need[1]) { b.d_lo = lo; b.d_hi = hi; }
+  if (need[2]) { b.h_lo = bits_of(slo.to<at::Half>()); b.h_hi = bits_of(shi.to<at::Half>()); }
+  if (need[3]) {
+    b.b_lo = bits_of(slo.to<at::BFloat16>());
+    b.b_hi = bits_of(shi.to<at::BFloat16>());
+  }
+  return b;
+}
+
+// One entry point per dtype, each cloned for AVX2 and baseline x86-64 and picked at load time:
+// the package is built without -march, yet in-cache data clamps at AVX2 width like ATen's own
+// (dispatched) kernel.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define WGAN_EXT_CLONES
+#endif
+
+WGAN_EXT_CLONES void clamp_f32(float* p, int64_t n, float lo, float hi) {
+  clamp_span(p, n, lo, hi);
+}
+WGAN_EXT_CLONES void clamp_f64(double* p, int64_t n, double lo, double hi) {
+  clamp_span(p, n, lo, hi);
+}
+WGAN_EXT_CLONES void clamp_f16(uint16_t* p, int64_t n, uint16_t lo, uint16_t hi) {
+  clamp_span_16<0x7c00>(p, n, lo, hi);
+}
+WGAN_EXT_CLONES void clamp_bf16(uint16_t* p, int64_t n, uint16_t lo, uint16_t hi) {
+  clamp_span_16<0x7f80>(p, n, lo, hi);
+}
+
+void clamp_range(const Span& s, int64_t begin, int64_t end, const TypedBounds& b) {
+  const int64_t n = end - begin;
+  switch (s.dtype) {
+    case at::kFloat:
+      clamp_f32(static_cast<float*>(s.data) + begin, n, b.f_lo, b.f_hi);
+      break;
+    case at::kDouble:
+      clamp_f64(static_cast<double*>(s.data) + begin, n, b.d_lo, b.d_hi);
+      break;
+    case at::kHalf:
+      clamp_f16(static_cast<uint16_t*>(s.data) + begin, n, b.h_lo, b.h_hi);
+      break;
+    default:  // BFloat16
+      clamp_bf16(static_cast<uint16_t*>(s.data) + begin, n, b.b_lo, b.b_hi);
+      break;
+  }
+}
+
+void fused_clip_cpu(at::TensorList all_tensors, double lo, double hi) {
+  check_fused_clip_args(all_tensors, lo, hi, c10::DeviceType::CPU);
+  if (all_tensors.empty()) {
+    return;
+  }
+  const std::vector<at::Tensor> unique = drop_duplicates(all_tensors);
+  const at::TensorList tensors = unique.empty() ? all_tensors : at::TensorList(unique);
+  const TypedBounds bounds = make_bounds(tensors, lo, hi);
+
+  std::vector<Span> spans;
+  std::vector<int64_t> ends;  // running element count: spans[i] covers [ends[i-1], ends[i])
+  std::vector<at::Tensor> strided;
+  spans.reserve(tensors.size());
+  ends.reserve(tensors.size());
+  int64_t total = 0;
+  for (const auto& t : tensors) {
+    if (t.numel() == 0) {
+      continue;
+    }
+    if (!is_flat(t)) {
+      strided.push_back(t);
+      continue;
+    }
+    total += t.numel();
+    spans.push_back({t.data_ptr(), t.scalar_type()});
+    ends.push_back(total);
+  }
+
+  at::parallel_for(0, total, kGrainSize, [&](int64_t begin, int64_t end) {
+    size_t i = std::upper_bound(ends.begin(), ends.end(), begin) - ends.begin();
+    int64_t pos = begin;
+    while (pos < end) {
+      const int64_t span_start = i == 0 ? 0 : ends[i - 1];
+      const int64_t stop = std::min(end, ends[i]);
+      clamp_range(spans[i], pos - span_start, stop - span_start, bounds);
+      pos = stop;
+      ++i;
+    }
+  });
+
+  if (!strided.empty()) {
+    // Rare (a hand-passed slice): ATen's clamp_ below the autograd and version-counter layers,
+    // so a leaf that requires grad is writable and the version is bumped once, below, as for
+    // the rest.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    for (auto& t : strided) {
+      t.clamp_(lo, hi);
+    }
+  }
+  bump_versions(tensors);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wgan_ext, CPU, m) {
+  m.impl("fused_clip_", &fused_clip_cpu);
+}
+
+}  // namespace wgan_ext

@@ -1,0 +1,70 @@
+// wgan_ext::fused_clip_ -- the dispatcher-level definition.
+//
+// The schema marks the tensor list as mutated in place (Tensor(a!)[]) and returns nothing, like
+// aten::_foreach_clamp_min_, so functionalization / torch.compile and opcheck treat it correctly.
+// Backends register their kernels separately: csrc/cpu/ (in this library) and csrc/cuda/ (in the
+// optional _C_cuda library, which a CPU-only machine never loads).
+#include <Python.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+
+#include <vector>
+
+namespace wgan_ext {
+namespace {
+
+// A tensor list kept on the C++ side, so that calling the op from Python does not convert the
+// list element by element on every call (about 0.6 us per tensor through the Python binding:
+// 500 us for an 800-tensor critic, where the clamp itself takes 20 us). FusedClipper uses it.
+struct ClipPlan : torch::CustomClassHolder {
+  std::vector<at::Tensor> tensors;
+
+  explicit ClipPlan(std::vector<at::Tensor> ts) : tensors(std::move(ts)) {}
+
+  void clip_(double lo, double hi) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("wgan_ext::fused_clip_", "")
+                         .typed<void(at::TensorList, double, double)>();
+    op.call(tensors, lo, hi);
+  }
+
+  int64_t size() const { return static_cast<int64_t>(tensors.size()); }
+};
+
+// Clipping projects the weights between optimizer steps; it is not part of any graph. So the
+// autograd layer only steps aside: no grad_fn, no leaf check (a leaf that requires grad may be
+// clipped without torch.no_grad()), and the backend kernel bumps the version counters that a
+// backward relies on to detect the write. Registering this (instead of relying on the boxed
+// autograd fallback) also saves ~60 ns per tensor per call.
+void fused_clip_autograd(at::TensorList tensors, double lo, double hi) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("wgan_ext::fused_clip_", "")
+                       .typed<void(at::TensorList, double, double)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  op.call(tensors, lo, hi);
+}
+
+}  // namespace
+}  // namespace wgan_ext
+
+TORCH_LIBRARY(wgan_ext, m) {
+  m.def("fused_clip_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
+  m.class_<wgan_ext::ClipPlan>("ClipPlan")
+      .def(torch::init<std::vector<at::Tensor>>())
+      .def("clip_", &wgan_ext::ClipPlan::clip_)
+      .def("size", &wgan_ext::ClipPlan::size);
+}
+
+TORCH_LIBRARY_IMPL(wgan_ext, Autograd, m) {
+  m.impl("fused_clip_", &wgan_ext::fused_clip_autograd);
+}
+
+// `import wgan_ext._C` loads this shared library, which registers the op through the static
+// initialiser above; the Python module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,197 @@
+"""Loads the compiled kernels of ``wgan_ext::fused_clip_``: prebuilt, else built on first use.
+
+Order for each backend (``"cpu"``: schema + CPU kernel; ``"cuda"``: the CUDA kernel):
+
+1. the extension module built by ``pip install`` (``wgan_ext._C`` / ``wgan_ext._C_cuda``);
+2. a just-in-time build of the shipped sources with ``torch.utils.cpp_extension.load`` (ninja),
+   cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) so it happens once
+   per torch version and source change;
+3. nothing: the caller uses the pure-PyTorch reference, and :func:`available` warns once why.
+
+Environment: ``WGAN_EXT_JIT=0`` disables step 2; ``WGAN_EXT_VERBOSE_BUILD=1`` shows the compiler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["available", "is_loaded", "require", "status", "source_dir", "BackendStatus"]
+
+_PKG_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class BackendStatus:
+    """What happened when a backend was loaded: ``how`` is 'prebuilt', 'jit' or None."""
+
+    name: str
+    how: Optional[str] = None
+    reason: str = ""
+    attempts: list = field(default_factory=list)
+
+    @property
+    def loaded(self) -> bool:
+        return self.how is not None
+
+
+_lock = threading.Lock()
+_status: dict[str, BackendStatus] = {}
+_warned: set[str] = set()
+
+
+def source_dir() -> Optional[Path]:
+    """The ``csrc`` folder: inside the installed package, or beside it in a source checkout."""
+    for candidate in (_PKG_DIR / "csrc", _PKG_DIR.parent / "csrc"):
+        if (candidate / "fused_clip.cpp").is_file():
+            return candidate
+    return None
+
+
+def _op_defined() -> bool:
+    try:
+        torch.ops.wgan_ext.fused_clip_
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _has_kernel(key: str) -> bool:
+    return _op_defined() and torch._C._dispatch_has_kernel_for_dispatch_key("wgan_ext::fused_clip_", key)
+
+
+def _register_fake() -> None:
+    # The op mutates its inputs and returns nothing, so under FakeTensor / torch.compile tracing
+    # there is nothing to compute: the fake kernel only has to exist.
+    if getattr(_register_fake, "done", False):
+        return
+
+    @torch.library.register_fake("wgan_ext::fused_clip_")
+    def _fused_clip_fake(tensors, lo, hi):  # noqa: ARG001
+        return None
+
+    _register_fake.done = True
+
+
+def _jit(name: str, sources: list, cuda: bool) -> None:
+    from torch.utils import cpp_extension
+
+    flags = ["-O3"]  # cpp_extension adds the -std its headers need
+    # at::parallel_for is inlined from ATen's OpenMP header (see setup.py).
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") and not cuda else []
+    kwargs = dict(
+        name=name,
+        sources=[str(s) for s in sources],
+        extra_cflags=flags + openmp,
+        extra_ldflags=openmp,
+        is_python_module=False,
+        verbose=os.environ.get("WGAN_EXT_VERBOSE_BUILD") == "1",
+    )
+    if cuda:
+        kwargs["extra_cuda_cflags"] = ["-O3", "--expt-relaxed-constexpr"]
+    cpp_extension.load(**kwargs)
+
+
+def _load(name: str) -> BackendStatus:
+    st = BackendStatus(name)
+    key = "CPU" if name == "cpu" else "CUDA"
+    if name == "cuda":
+        if torch.version.cuda is None:
+            st.reason = "this torch is not a CUDA build"
+            return st
+        cpu = status("cpu")  # the schema lives in the CPU library
+        if not cpu.loaded:
+            st.reason = f"the CPU library that defines the op is missing ({cpu.reason})"
+            return st
+
+    module = "wgan_ext._C" if name == "cpu" else "wgan_ext._C_cuda"
+    try:
+        importlib.import_module(module)
+        if _has_kernel(key):
+            st.how = "prebuilt"
+            if name == "cpu":
+                _register_fake()
+            return st
+        st.attempts.append(f"{module} imported but registered no {key} kernel")
+    except Exception as e:  # ImportError, or an OSError/undefined symbol from a stale build
+        st.attempts.append(f"no prebuilt {module} ({type(e).__name__}: {e})")
+
+    if os.environ.get("WGAN_EXT_JIT", "1").lower() in ("0", "false", "no"):
+        st.reason = "; ".join(st.attempts + ["JIT build disabled by WGAN_EXT_JIT=0"])
+        return st
+    src = source_dir()
+    if src is None:
+        st.reason = "; ".join(st.attempts + ["kernel sources (csrc/) not found for a JIT build"])
+        return st
+    if name == "cuda":
+        from torch.utils import cpp_extension
+
+        if cpp_extension.CUDA_HOME is None:
+            st.reason = "; ".join(st.attempts + ["no CUDA toolkit found for a JIT build (set CUDA_HOME)"])
+            return st
+        sources, jit_name = [src / "cuda" / "fused_clip_kernel.cu"], "wgan_ext_C_cuda"
+    else:
+        sources, jit_name = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp"], "wgan_ext_C"
+    try:
+        _jit(jit_name, sources, cuda=name == "cuda")
+    except Exception as e:  # compiler missing, build error, ninja missing...
+        st.attempts.append(f"JIT build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1:]})")
+        st.reason = "; ".join(st.attempts)
+        return st
+    if _has_kernel(key):
+        st.how = "jit"
+        if name == "cpu":
+            _register_fake()
+    else:
+        st.reason = "; ".join(st.attempts + [f"JIT build registered no {key} kernel"])
+    return st
+
+
+def status(name: str) -> BackendStatus:
+    """Load backend ``name`` ('cpu' or 'cuda') if not tried yet; return what happened."""
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"backend name must be 'cpu' or 'cuda', got {name!r}")
+    st = _status.get(name)
+    if st is None:
+        with _lock:
+            st = _status.get(name)
+            if st is None:
+                st = _load(name)
+                _status[name] = st
+    return st
+
+
+def is_loaded(name: str) -> bool:
+    """True if backend ``name`` is already loaded. Never builds: safe while dynamo traces."""
+    st = _status.get(name)
+    return st is not None and st.loaded
+
+
+def available(name: str, warn: bool = False) -> bool:
+    """Load backend ``name`` if needed; with ``warn``, say once why it is unavailable."""
+    st = status(name)
+    if not st.loaded and warn and name not in _warned:
+        _warned.add(name)
+        warnings.warn(
+            f"wgan_ext: the compiled {name.upper()} kernel of fused_clip_ is unavailable "
+            f"({st.reason}); using the pure-PyTorch fallback (same results, slower). "
+            "`python -m wgan_ext info` shows details.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return st.loaded
+
+
+def require(name: str) -> None:
+    """Load backend ``name`` or raise ``RuntimeError`` with the reason."""
+    st = status(name)
+    if not st.loaded:
+        raise RuntimeError(f"wgan_ext: backend={name!r} requested but its kernel is unavailable: {st.reason}")

@@ -1,0 +1,33 @@
+"""The pure-PyTorch reference for ``fused_clip_``.
+
+Used when no compiled kernel can load, and as the yardstick the kernels are tested against.
+It must give bit-for-bit what ``t.clamp_(lo, hi)`` gives on the tensor's own device: the result
+of a clamp is always one of ``t``, ``lo`` or ``hi`` rounded to ``t``'s dtype (NaN stays NaN), and
+``torch._foreach_clamp_min_`` followed by ``torch._foreach_clamp_max_`` picks the same one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["clamp_tensors_"]
+
+
+def clamp_tensors_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> None:
+    """Clamp ``tensors`` in place to ``[lo, hi]`` with one foreach launch per (device, dtype).
+
+    No argument checking: ``wgan_ext.fused_clip_`` validates before it calls this.
+    Runs under ``no_grad`` so leaf parameters that require grad can be written; the in-place
+    foreach ops still bump each tensor's version counter, as ``clamp_`` would.
+    """
+    if not tensors:
+        return
+    with torch.no_grad():
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for t in tensors:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+        for group in groups.values():
+            torch._foreach_clamp_min_(group, lo)
+            torch._foreach_clamp_max_(group, hi)

@@ -1,0 +1,277 @@
+"""``fused_clip_``: clamp every parameter of a critic in place, in one fused kernel per device.
+
+Weight-clipped WGAN (Arjovsky et al. 2017, Algorithm 1 line 7) clamps every critic weight to
+``[-c, c]`` after each critic update. The usual ``for p in critic.parameters(): p.data.clamp_()``
+costs one dispatch (and on GPU one kernel launch) per tensor; this op costs one per device.
+
+Flow: argument checks (all before any write) -> group by device -> compiled kernel for CPU / CUDA
+(``torch.ops.wgan_ext.fused_clip_``) or the pure-PyTorch reference (:mod:`wgan_ext.fallback`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Iterable, Literal, Sequence, Tuple, Union
+
+import torch
+
+from . import _ext
+from .fallback import clamp_tensors_
+
+__all__ = ["fused_clip_", "FusedClipper", "resolve_bounds", "SUPPORTED_DTYPES", "Backend"]
+
+Backend = Literal["auto", "cuda", "cpu", "torch"]
+Bounds = Union[float, Tuple[float, float]]
+Params = Union[torch.nn.Module, torch.Tensor, Iterable[torch.Tensor]]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_BACKENDS = ("auto", "cuda", "cpu", "torch")
+# Devices with a compiled kernel; anything else (meta, mps, xpu...) takes the reference path.
+_KERNEL_DEVICES = ("cpu", "cuda")
+
+
+def resolve_bounds(c: Bounds, name: str = "c") -> tuple[float, float]:
+    """Turn ``c`` (a positive number, or a ``(lo, hi)`` pair) into finite ``(lo, hi)`` floats.
+
+    Raises ``TypeError`` for a value of the wrong type and ``ValueError`` for ``c <= 0``,
+    a non-finite bound or ``lo > hi``, naming ``name`` and the value.
+    """
+    if isinstance(c, (tuple, list)):
+        if len(c) != 2:
+            raise ValueError(f"{name} must be a positive number or a (lo, hi) pair, got {c!r}")
+        lo, hi = (_as_float(v, f"{name}[{i}]") for i, v in enumerate(c))
+        if lo > hi:
+            raise ValueError(f"{name}=(lo, hi) needs lo <= hi, got {c!r}")
+        return lo, hi
+    value = _as_float(c, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 (weights are clipped to [-{name}, {name}]), got {c!r}")
+    return -value, value
+
+
+def _as_float(v: object, name: str) -> float:
+    # bool is a numbers.Real; a clip bound of True is always a bug.
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex:
+            v = v.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    return f
+
+
+def _collect(critic: Params) -> list:
+    if isinstance(critic, torch.nn.Module):
+        return list(critic.parameters())  # already de-duplicated (tied weights appear once)
+    if isinstance(critic, torch.Tensor):
+        return [critic]
+    try:
+        return list(critic)
+    except TypeError:
+        raise TypeError(
+            "critic must be an nn.Module, a tensor or an iterable of tensors, "
+            f"got {type(critic).__name__}"
+        ) from None
+
+
+def _check_tensors(tensors: Sequence[object]) -> None:
+    """Raise a clear error for the first tensor the kernels cannot clamp. Writes nothing."""
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"critic[{i}] must be a tensor or parameter, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise TypeError(f"critic[{i}] has layout {t.layout}; only dense (strided) tensors can be clipped")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"critic[{i}] has dtype {t.dtype}; fused_clip_ supports "
+                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+            )
+
+
+def _dedupe(tensors: list) -> list:
+    # The same tensor twice (tied weights listed by hand) would be clamped twice: harmless for the
+    # values, but its version would bump twice. (The compiled kernels de-duplicate by themselves.)
+    seen: set[int] = set()
+    out = []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def _group_by_device(tensors: list) -> dict:
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return groups
+
+
+def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None:
+    """Clamp every parameter of ``critic`` in place to ``[-c, c]`` (or ``[lo, hi]``).
+
+    Equivalent, bit for bit, to ``for p in params: p.clamp_(lo, hi)`` on each tensor's own device
+    (NaN stays NaN, +-inf go to the bounds, bounds are rounded to each tensor's dtype as
+    ``clamp_`` rounds them), but one kernel per device instead of one per tensor.
+
+    Args:
+        critic: an ``nn.Module`` (its ``parameters()``), a tensor, or an iterable of tensors /
+            parameters. Float16, bfloat16, float32 and float64, any shape or stride, on any mix
+            of devices (grouped per device). Tied parameters are clamped once.
+        c: a positive number ``c`` for ``[-c, c]``, or an explicit ``(lo, hi)`` pair with
+            ``lo <= hi`` (torchgan's ``clip=(lo, hi)`` form). Must be finite.
+        backend: ``"auto"`` (compiled kernel for the tensors' device if one loads, else the
+            PyTorch reference with a one-time warning saying why), ``"cuda"`` / ``"cpu"``
+            (that compiled kernel or an error), or ``"torch"`` (the reference, always).
+
+    Acts as an in-place op for autograd: each tensor's version counter is bumped, so a backward
+    that saved a weight before the clip raises as it would after ``clamp_``. Leaf parameters
+    that require grad can be passed without ``torch.no_grad()``.
+
+    Raises:
+        TypeError: an element that is not a dense floating tensor of a supported dtype, or a
+            bound that is not a real number.
+        ValueError: ``c <= 0``, a non-finite bound, ``lo > hi``, or an unknown ``backend``, or
+            tensors on a device the requested backend does not serve.
+        RuntimeError: ``backend="cuda"``/``"cpu"`` when that kernel is not available.
+
+    Nothing is modified when an error is raised.
+
+    For a training loop, :class:`FusedClipper` does the argument work once instead of per call.
+
+    Example:
+        >>> critic = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> fused_clip_(critic, 0.01)
+        >>> all(p.abs().max() <= 0.01 for p in critic.parameters())
+        True
+    """
+    lo, hi = resolve_bounds(c)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    _clip_list_(_collect(critic), lo, hi, backend)
+
+
+def _clip_list_(tensors: list, lo: float, hi: float, backend: str) -> None:
+    if not tensors:
+        return
+    if torch.compiler.is_compiling():
+        # Under dynamo: no Python-side checks on tensor objects (they would graph-break); the
+        # op's fake kernel and real kernel check for themselves.
+        for device, group in _group_by_device(tensors).items():
+            _run(group, lo, hi, _choose(device, backend, compiling=True))
+        return
+
+    # Fast path: one device with a compiled kernel. The kernel validates every tensor before it
+    # writes any, so the per-tensor Python checks run only to explain a failure.
+    first = tensors[0]
+    kind = first.device.type if isinstance(first, torch.Tensor) else None
+    if kind in _KERNEL_DEVICES and backend in ("auto", kind):
+        if backend == "auto":
+            use_kernel = _ext.available(kind, warn=True)
+        else:
+            _ext.require(kind)
+            use_kernel = True
+        if use_kernel:
+            try:
+                torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)
+                return
+            except (TypeError, ValueError, RuntimeError):
+                _check_tensors(tensors)  # raises the clear error if an element is bad
+                if len({t.device for t in tensors}) == 1:
+                    raise
+                # else several devices: grouped below
+
+    _check_tensors(tensors)
+    tensors = _dedupe(tensors)
+    plan = [(group, _choose(device, backend, compiling=False))
+            for device, group in _group_by_device(tensors).items()]
+    for group, use_kernel in plan:  # every check done: now write
+        _run(group, lo, hi, use_kernel)
+
+
+def _run(group: list, lo: float, hi: float, use_kernel: bool) -> None:
+    if use_kernel:
+        torch.ops.wgan_ext.fused_clip_(group, lo, hi)
+    else:
+        clamp_tensors_(group, lo, hi)
+
+
+class FusedClipper:
+    """``fused_clip_`` with the per-call work done once: for the inner loop of training.
+
+    Collects and validates ``critic``'s parameters, resolves the bounds and picks the backend at
+    construction; each call then costs one kernel per device. Build a new one (or call
+    :meth:`refresh`) if the critic's set of parameters changes, e.g. after ``load_state_dict``
+    with ``assign=True`` or adding a layer; moving values in place (optimizer steps,
+    ``copy_``, ``.to()`` on the module) needs nothing.
+
+    Example:
+        >>> critic = torch.nn.Linear(4, 1)
+        >>> clip = FusedClipper(critic, 0.01)
+        >>> clip()   # after each critic optimizer step
+        >>> bool(critic.weight.abs().max() <= 0.01)
+        True
+    """
+
+    def __init__(self, critic: Params, c: Bounds, *, backend: Backend = "auto") -> None:
+        self.lo, self.hi = resolve_bounds(c)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self._source = critic
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Collect the parameters again (after the critic's set of parameters changed)."""
+        tensors = _collect(self._source)
+        _check_tensors(tensors)
+        tensors = [t for t in _dedupe(tensors) if t.numel() > 0]
+        self._plan = []
+        for device, group in _group_by_device(tensors).items():
+            use_kernel = _choose(device, self.backend, compiling=False)
+            # The compiled path keeps the list on the C++ side (torch.classes.wgan_ext.ClipPlan):
+            # passing a Python list to an op converts it tensor by tensor on every call.
+            handle = torch.classes.wgan_ext.ClipPlan(group) if use_kernel else None
+            self._plan.append((group, handle))
+
+    @property
+    def tensors(self) -> list:
+        """The tensors this clipper clamps, grouped by device."""
+        return [t for group, _ in self._plan for t in group]
+
+    def __call__(self) -> None:
+        """Clamp every collected tensor in place to ``[lo, hi]``."""
+        if torch.compiler.is_compiling():  # a script object cannot be traced: use the op
+            for group, handle in self._plan:
+                _run(group, self.lo, self.hi, handle is not None)
+            return
+        for group, handle in self._plan:
+            if handle is not None:
+                handle.clip_(self.lo, self.hi)
+            else:
+                clamp_tensors_(group, self.lo, self.hi)
+
+    def __repr__(self) -> str:
+        n = sum(len(g) for g, _ in self._plan)
+        return f"FusedClipper({n} tensors, lo={self.lo}, hi={self.hi}, backend={self.backend!r})"
+
+
+def _choose(device: torch.device, backend: str, compiling: bool) -> bool:
+    """True to run the compiled kernel on ``device``, False for the reference. May raise."""
+    if backend == "torch":
+        return False
+    if backend in ("cpu", "cuda"):
+        if device.type != backend:
+            raise ValueError(f"backend={backend!r} cannot clip tensors on device {device}")
+        if compiling:
+            return _ext.is_loaded(backend)
+        _ext.require(backend)
+        return True
+    if device.type not in _KERNEL_DEVICES:
+        return False
+    if compiling:  # never build or warn while dynamo traces; use what is already loaded
+        return _ext.is_loaded(device.type)
+    return _ext.available(device.type, warn=True)
