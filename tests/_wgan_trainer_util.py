@@ -21,7 +21,8 @@ def toy_data(n_batches: int, kind: str = "mlp", seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "mlp":
         return torch.randn(n_batches * BATCH, 2, generator=g) * 0.5 + 1.0
-    return torch.rand(n_batches * BATCH, 1, 16, 16, generator=g) * 2 - 1
+    side = 4 if kind == "image" else 16
+    return torch.rand(n_batches * BATCH, 1, side, side, generator=g) * 2 - 1
 
 
 def loader(data: torch.Tensor) -> DataLoader:
@@ -39,6 +40,8 @@ def network(kind: str = "mlp") -> Dict[str, dict]:
 
     if kind == "mlp":
         return wgan_network("mlp", sample_shape=(2,), encoding_dims=ENC, hidden=8, n_hidden=3)
+    if kind == "image":  # MLPs on 1x4x4 images in [-1, 1] (tanh output)
+        return wgan_network("mlp", image_size=4, channels=1, encoding_dims=ENC, hidden=8, n_hidden=3)
     return wgan_network("dcgan", image_size=16, channels=1, encoding_dims=ENC, step_channels=2)
 
 

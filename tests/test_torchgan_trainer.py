@@ -163,6 +163,7 @@ def _reference_run(trainer, g0, d0, dl, k, **kwargs):
     "kind, order, ncritic, critic_kwargs, k, n_batches, ref_kwargs",
     [
         ("mlp", "GD", 5, {}, 4, 21, {}),
+        ("mlp", "GD", 5, {"clip_backend": "torch"}, 4, 21, {}),  # the pure-PyTorch clip as well
         ("mlp", "DG", 1, {"n_critic": 5}, 4, 20, {}),
         ("mlp", "GD", 5, {"schedule": "paper"}, 2, 201, {"schedule": "paper"}),
         ("mlp", "GD", 1, {"schedule": CriticSchedule(2, boost=4, warmup=1, every=3)}, 5, 17,
