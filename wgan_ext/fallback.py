@@ -19,15 +19,17 @@ def clamp_tensors_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> Non
     """Clamp ``tensors`` in place to ``[lo, hi]`` with one foreach launch per (device, dtype).
 
     No argument checking: ``wgan_ext.fused_clip_`` validates before it calls this.
-    Runs under ``no_grad`` so leaf parameters that require grad can be written; the in-place
-    foreach ops still bump each tensor's version counter, as ``clamp_`` would.
+    Writes through ``.data`` aliases (no autograd, no version bump: leaf parameters that require
+    grad can be written) and then bumps each tensor's version counter once, as one ``clamp_``
+    would; the two foreach ops on the tensors themselves would bump it twice.
     """
     if not tensors:
         return
-    with torch.no_grad():
-        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.device, t.dtype), []).append(t)
-        for group in groups.values():
-            torch._foreach_clamp_min_(group, lo)
-            torch._foreach_clamp_max_(group, hi)
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t.data)
+    for group in groups.values():
+        torch._foreach_clamp_min_(group, lo)
+        torch._foreach_clamp_max_(group, hi)
+    for t in tensors:
+        torch.autograd.graph.increment_version(t)

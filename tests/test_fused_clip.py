@@ -1,0 +1,476 @@
+"""fused_clip_ against torch's own clamp_, on every backend available here.
+
+Every value check compares bit patterns with ``t.clone().clamp_(lo, hi)`` on the same device,
+the definition the kernels promise to reproduce. CUDA cases run where a GPU is visible and are
+skipped (with a reason) elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import wgan_ext
+from wgan_ext import _ext
+from wgan_ext.ops import FusedClipper, fused_clip_
+
+HAS_CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, -1e-30, 65504.0, 1e20]
+
+
+def _backends() -> list:
+    """(device, backend) pairs: the reference everywhere, each compiled kernel where it loads."""
+    out = [pytest.param("cpu", "torch", id="cpu-torch"), pytest.param("cpu", "cpu", id="cpu-kernel")]
+    cuda_marks = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")]
+    out.append(pytest.param("cuda", "torch", id="cuda-torch", marks=cuda_marks))
+    out.append(pytest.param("cuda", "cuda", id="cuda-kernel", marks=cuda_marks))
+    return out
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(INT_VIEW[t.element_size()]).cpu()
+
+
+def assert_bit_equal(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    g, w = bits(got), bits(want)
+    if not torch.equal(g, w):
+        bad = (g != w).nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{int((g != w).sum())} elements differ, e.g. at {bad}: "
+            f"got {got.flatten()[:0]}{[got[tuple(i)].item() for i in bad]} "
+            f"want {[want[tuple(i)].item() for i in bad]}"
+        )
+
+
+def make_values(n: int, dtype: torch.dtype, device: str, seed: int, scale: float = 0.03) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64) * scale
+    if n:
+        idx = torch.randint(0, n, (max(1, n // 10),), generator=g)
+        x[idx] = torch.tensor(SPECIALS, dtype=torch.float64)[torch.randint(0, len(SPECIALS), idx.shape, generator=g)]
+    return x.to(dtype).to(device)
+
+
+# ----------------------------------------------------------------------------- values
+@pytest.mark.parametrize("device,backend", _backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_clamp_bit_for_bit(device, backend, dtype):
+    sizes = [0, 1, 3, 7, 8, 9, 31, 1000, 4097, 70_001]
+    tensors = [make_values(n, dtype, device, seed=i) for i, n in enumerate(sizes)]
+    want = [t.clone().clamp_(-0.01, 0.01) for t in tensors]
+    fused_clip_(tensors, 0.01, backend=backend)
+    for g, w in zip(tensors, want):
+        assert_bit_equal(g, w)
+
+
+LAYOUTS = ["contiguous", "transposed", "channels_last", "step_slice", "offset_by_one", "expanded_row"]
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A view of fresh storage with the requested memory layout (x: 4-D, at least 2x3x4x5)."""
+    if layout == "contiguous":
+        return x.clone()
+    if layout == "transposed":
+        return x.clone().transpose(1, 3)
+    if layout == "channels_last":
+        return x.clone().contiguous(memory_format=torch.channels_last)
+    if layout == "step_slice":
+        return x.clone()[:, ::2, 1:, ::3]
+    if layout == "offset_by_one":  # misaligned for 16-byte vector loads
+        flat = torch.cat([x.new_zeros(1), x.flatten()])
+        return flat[1:].view_as(x)
+    if layout == "expanded_row":  # a slice with a gap between rows
+        return x.clone()[:, :, :, :-1]
+    raise AssertionError(layout)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=st.tuples(*[st.integers(2, 6)] * 2, *[st.integers(3, 9)] * 2),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**31 - 1),
+    bounds=st.one_of(
+        st.floats(1e-6, 1e4).map(lambda c: c),
+        st.tuples(st.floats(-10, -1e-3), st.floats(1e-3, 10)),
+        st.tuples(st.floats(0.5, 2.0), st.floats(2.0, 3.0)),  # both bounds positive
+    ),
+    backend=st.sampled_from(["cpu", "torch"]),
+)
+def test_property_matches_clamp_cpu(dtype, shape, layout, seed, bounds, backend):
+    check_property(dtype, shape, layout, seed, bounds, backend, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=st.tuples(*[st.integers(2, 6)] * 2, *[st.integers(3, 9)] * 2),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**31 - 1),
+    bounds=st.one_of(st.floats(1e-6, 1e4), st.tuples(st.floats(-10, -1e-3), st.floats(1e-3, 10))),
+)
+def test_property_matches_clamp_cuda(dtype, shape, layout, seed, bounds):
+    check_property(dtype, shape, layout, seed, bounds, "cuda", "cuda")
+
+
+def check_property(dtype, shape, layout, seed, bounds, backend, device):
+    x = make_values(math.prod(shape), dtype, device, seed, scale=4.0).view(shape)
+    t = _layout(x, layout)
+    lo, hi = (-bounds, bounds) if isinstance(bounds, float) else bounds
+    want = t.clone().clamp_(lo, hi)
+    fused_clip_([t], bounds, backend=backend)
+    assert_bit_equal(t, want)
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+def test_module_with_mixed_dtypes(device, backend):
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)).to(device)
+    critic[2].to(torch.bfloat16)
+    before = [p.detach().clone() for p in critic.parameters()]
+    fused_clip_(critic, 0.05, backend=backend)
+    for p, b in zip(critic.parameters(), before):
+        assert_bit_equal(p.detach(), b.clamp(-0.05, 0.05))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
+def test_cpu_and_cuda_tensors_in_one_call():
+    a = make_values(1000, torch.float32, "cpu", 1)
+    b = make_values(1000, torch.float16, "cuda", 2)
+    want = [a.clone().clamp_(-0.01, 0.01), b.clone().clamp_(-0.01, 0.01)]
+    fused_clip_([a, b], 0.01)
+    assert_bit_equal(a, want[0])
+    assert_bit_equal(b, want[1])
+
+
+def test_lo_equal_hi_and_asymmetric_pair():
+    t = make_values(500, torch.float32, "cpu", 3)
+    want = t.clone().clamp_(0.25, 0.25)
+    fused_clip_([t], (0.25, 0.25))
+    assert_bit_equal(t, want)
+    t = make_values(500, torch.float32, "cpu", 4)
+    want = t.clone().clamp_(-0.5, 0.01)
+    fused_clip_([t], (-0.5, 0.01))
+    assert_bit_equal(t, want)
+
+
+def test_accepts_a_single_tensor_and_a_generator():
+    t = make_values(100, torch.float32, "cpu", 5)
+    want = t.clone().clamp_(-0.01, 0.01)
+    fused_clip_(t, 0.01)
+    assert_bit_equal(t, want)
+    ts = [make_values(10, torch.float64, "cpu", s) for s in range(3)]
+    wants = [x.clone().clamp_(-0.02, 0.02) for x in ts]
+    fused_clip_((x for x in ts), 0.02)
+    for g, w in zip(ts, wants):
+        assert_bit_equal(g, w)
+
+
+# ----------------------------------------------------------------------------- autograd
+@pytest.mark.parametrize("device,backend", _backends())
+def test_bumps_version_once_like_clamp(device, backend):
+    p = torch.nn.Parameter(make_values(64, torch.float32, device, 6))
+    q = torch.nn.Parameter(make_values(64, torch.float32, device, 7))
+    with torch.no_grad():
+        q.clamp_(-0.01, 0.01)
+    fused_clip_([p], 0.01, backend=backend)
+    assert p._version == q._version == 1
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+def test_backward_through_a_clipped_weight_raises_like_clamp(device, backend):
+    def run(clip):
+        w = torch.nn.Parameter(make_values(9, torch.float32, device, 8).view(3, 3))
+        y = (w * w).sum()  # saves w for backward
+        clip(w)
+        with pytest.raises(RuntimeError) as info:
+            y.backward()
+        return str(info.value)
+
+    def torch_clip(w):
+        with torch.no_grad():
+            w.clamp_(-0.01, 0.01)
+
+    ours = run(lambda w: fused_clip_([w], 0.01, backend=backend))
+    theirs = run(torch_clip)
+    assert "modified by an inplace operation" in ours
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+def test_leaf_that_requires_grad_needs_no_no_grad(device, backend):
+    w = torch.nn.Parameter(make_values(50, torch.float32, device, 9))
+    want = w.detach().clone().clamp_(-0.01, 0.01)
+    fused_clip_([w], 0.01, backend=backend)
+    assert w.requires_grad and w.is_leaf and w.grad_fn is None
+    assert_bit_equal(w.detach(), want)
+    # the clipped weight still trains: a later graph sees the new values
+    (w * 2).sum().backward()
+    assert torch.equal(w.grad, torch.full_like(w, 2.0))
+
+
+# ----------------------------------------------------------------------------- structure
+@pytest.mark.parametrize("device,backend", _backends())
+def test_tied_parameters_clamped_once(device, backend):
+    emb = torch.nn.Linear(4, 4, bias=False).to(device)
+    head = torch.nn.Linear(4, 4, bias=False).to(device)
+    head.weight = emb.weight  # tied
+    model = torch.nn.ModuleList([emb, head])
+    with torch.no_grad():
+        emb.weight.copy_(make_values(16, torch.float32, device, 10).view(4, 4))
+    v0 = emb.weight._version
+    want = emb.weight.detach().clone().clamp_(-0.01, 0.01)
+    fused_clip_(model, 0.01, backend=backend)
+    assert emb.weight._version == v0 + 1
+    # the same tensor listed twice by hand: still one write, one version bump
+    fused_clip_([emb.weight, head.weight, emb.weight], 0.01, backend=backend)
+    assert emb.weight._version == v0 + 2
+    assert_bit_equal(emb.weight.detach(), want)
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+def test_empty_inputs(device, backend):
+    fused_clip_(torch.nn.Sequential(), 0.01, backend=backend)  # a module without parameters
+    fused_clip_([], 0.01, backend=backend)
+    e = torch.empty(0, 3, device=device)
+    fused_clip_([e], 0.01, backend=backend)
+    assert e.shape == (0, 3)
+    t = make_values(10, torch.float32, device, 11)
+    want = t.clone().clamp_(-0.01, 0.01)
+    fused_clip_([torch.empty(0, device=device), t, torch.empty(5, 0, device=device)], 0.01, backend=backend)
+    assert_bit_equal(t, want)
+
+
+def test_many_tensors_of_many_sizes_cpu():
+    g = torch.Generator().manual_seed(12)
+    sizes = torch.randint(0, 3000, (2000,), generator=g).tolist()
+    ts = [make_values(n, torch.float32, "cpu", i) for i, n in enumerate(sizes)]
+    want = [t.clone().clamp_(-0.01, 0.01) for t in ts]
+    fused_clip_(ts, 0.01, backend="cpu")
+    for a, b in zip(ts, want):
+        assert_bit_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _victims():
+    good = make_values(100, torch.float32, "cpu", 13)
+    return good, good.clone()
+
+
+@pytest.mark.parametrize(
+    "c,exc,match",
+    [
+        (0.0, ValueError, "c must be > 0"),
+        (-0.01, ValueError, "c must be > 0"),
+        (float("nan"), ValueError, "finite"),
+        (float("inf"), ValueError, "finite"),
+        ((0.1, -0.1), ValueError, "lo <= hi"),
+        ((0.0, float("inf")), ValueError, "finite"),
+        ((0.1,), ValueError, "pair"),
+        (True, TypeError, "real number"),
+        ("0.01", TypeError, "real number"),
+        (1j, TypeError, "real number"),
+    ],
+)
+def test_bad_bounds_raise_and_modify_nothing(c, exc, match):
+    good, copy = _victims()
+    with pytest.raises(exc, match=match):
+        fused_clip_([good], c)
+    assert_bit_equal(good, copy)
+
+
+@pytest.mark.parametrize(
+    "bad,exc,match",
+    [
+        (torch.arange(5), TypeError, r"critic\[1\] has dtype torch.int64"),
+        (torch.ones(3, dtype=torch.bool), TypeError, r"critic\[1\] has dtype torch.bool"),
+        (torch.ones(3, dtype=torch.complex64), TypeError, r"critic\[1\] has dtype torch.complex64"),
+        (torch.eye(3).to_sparse(), TypeError, r"critic\[1\] has layout torch.sparse_coo"),
+        ("weight", TypeError, r"critic\[1\] must be a tensor or parameter, got str"),
+        (None, TypeError, r"critic\[1\] must be a tensor or parameter, got NoneType"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["auto", "cpu", "torch"])
+def test_bad_tensors_raise_and_modify_nothing(bad, exc, match, backend):
+    good, copy = _victims()
+    with pytest.raises(exc, match=match):
+        fused_clip_([good, bad], 0.01, backend=backend)
+    assert_bit_equal(good, copy)  # the valid tensor before the bad one is untouched
+
+
+def test_bad_critic_and_backend():
+    with pytest.raises(TypeError, match="critic must be an nn.Module, a tensor or an iterable"):
+        fused_clip_(3.0, 0.01)
+    good, copy = _victims()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fused_clip_([good], 0.01, backend="triton")
+    with pytest.raises(ValueError, match="backend='cuda' cannot clip tensors on device cpu"):
+        fused_clip_([good], 0.01, backend="cuda")
+    assert_bit_equal(good, copy)
+
+
+def test_inference_tensor_outside_inference_mode_raises_and_modifies_nothing():
+    with torch.inference_mode():
+        inf_t = make_values(10, torch.float32, "cpu", 14)
+    good, copy = _victims()
+    before = inf_t.clone()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        fused_clip_([good, inf_t], 0.01, backend="cpu")
+    assert_bit_equal(good, copy)
+    assert_bit_equal(inf_t, before)
+    with torch.inference_mode():  # inside InferenceMode it is allowed, as for clamp_
+        fused_clip_([inf_t], 0.01, backend="cpu")
+    assert_bit_equal(inf_t, before.clamp(-0.01, 0.01))
+
+
+def test_bound_out_of_dtype_range_raises_like_clamp():
+    h = make_values(10, torch.float16, "cpu", 15)
+    h_before = h.clone()
+    with pytest.raises(RuntimeError) as theirs:
+        h.clone().clamp_(-1e5, 1e5)
+    with pytest.raises(RuntimeError) as ours:
+        torch.ops.wgan_ext.fused_clip_([h], -1e5, 1e5)
+    assert str(ours.value).split("\n")[0] == str(theirs.value).split("\n")[0]
+    assert_bit_equal(h, h_before)
+    good, copy = _victims()  # float32 first: its bound conversion fails before any write
+    with pytest.raises(RuntimeError, match="without overflow"):
+        torch.ops.wgan_ext.fused_clip_([good, h], -1e300, 1e300)
+    assert_bit_equal(good, copy)
+    assert_bit_equal(h, h_before)
+
+
+# ----------------------------------------------------------------------------- backends
+def test_fallback_warns_once_with_reason_and_matches(monkeypatch):
+    monkeypatch.setitem(_ext._status, "cpu", _ext.BackendStatus("cpu", reason="pretend the build failed"))
+    monkeypatch.setattr(_ext, "_warned", set())
+    ts = [make_values(300, torch.float32, "cpu", s) for s in range(3)]
+    want = [t.clone().clamp_(-0.01, 0.01) for t in ts]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fused_clip_(ts, 0.01)
+        fused_clip_(ts, 0.01)
+    msgs = [str(x.message) for x in w if "fused_clip_" in str(x.message)]
+    assert len(msgs) == 1 and "pretend the build failed" in msgs[0]
+    for a, b in zip(ts, want):
+        assert_bit_equal(a, b)
+    with pytest.raises(RuntimeError, match="pretend the build failed"):
+        fused_clip_(ts, 0.01, backend="cpu")
+
+
+def test_compiled_cpu_kernel_is_loaded_here():
+    # CI builds the extension; a silent fallback would make every 'cpu-kernel' test vacuous.
+    st = _ext.status("cpu")
+    assert st.loaded, st.reason
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("wgan_ext::fused_clip_", "CPU")
+
+
+def test_opcheck_cpu():
+    ts = [make_values(n, dt, "cpu", n) for n, dt in [(10, torch.float32), (7, torch.float64), (33, torch.bfloat16)]]
+    torch.library.opcheck(torch.ops.wgan_ext.fused_clip_.default, (ts, -0.01, 0.01))
+    ps = [torch.nn.Parameter(make_values(12, torch.float32, "cpu", 1))]
+    torch.library.opcheck(torch.ops.wgan_ext.fused_clip_.default, (ps, -0.5, 0.5))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
+def test_opcheck_cuda():
+    ts = [make_values(n, dt, "cuda", n) for n, dt in [(10, torch.float32), (7, torch.float16), (33, torch.bfloat16)]]
+    torch.library.opcheck(torch.ops.wgan_ext.fused_clip_.default, (ts, -0.01, 0.01))
+
+
+# ----------------------------------------------------------------------------- FusedClipper
+@pytest.mark.parametrize("device,backend", _backends())
+def test_fused_clipper_matches_and_refreshes(device, backend):
+    critic = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 1)).to(device)
+    clip = FusedClipper(critic, (-0.02, 0.03), backend=backend)
+    assert len(clip.tensors) == 4
+    with torch.no_grad():
+        for i, p in enumerate(critic.parameters()):
+            p.copy_(make_values(p.numel(), torch.float32, device, i).view_as(p))
+    want = [p.detach().clone().clamp_(-0.02, 0.03) for p in critic.parameters()]
+    clip()
+    for p, w in zip(critic.parameters(), want):
+        assert_bit_equal(p.detach(), w)
+    critic.append(torch.nn.Linear(1, 3).to(device))
+    with torch.no_grad():
+        critic[2].weight.fill_(5.0)
+    clip()
+    assert critic[2].weight.max().item() == 5.0  # not collected yet
+    clip.refresh()
+    clip()
+    assert critic[2].weight.max().item() == pytest.approx(0.03)
+
+
+# ----------------------------------------------------------------------------- torch.compile
+def _rmsprop_and_clip(critic, square_avg, lr, c, alpha=0.99, eps=1e-8):
+    # torch.optim.RMSprop's default update written with foreach ops: torch.optim's own step()
+    # graph-breaks on purpose (torch/optim/optimizer.py, pytorch#104053), so a fullgraph
+    # critic update spells the rule out.
+    params = [p for p in critic.parameters()]
+    grads = [p.grad for p in params]
+    with torch.no_grad():
+        torch._foreach_mul_(square_avg, alpha)
+        torch._foreach_addcmul_(square_avg, grads, grads, value=1 - alpha)
+        denom = torch._foreach_add(torch._foreach_sqrt(square_avg), eps)
+        torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+    fused_clip_(critic, c)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph_critic_update(backend):
+    torch._dynamo.reset()
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+    x = torch.randn(32, 4)
+    eager, compiled = make(), make()
+    opt = torch.optim.RMSprop(eager.parameters(), lr=5e-3)
+    square_avg = [torch.zeros_like(p) for p in compiled.parameters()]
+    fused_clip_([torch.zeros(1)], 0.01)  # load the kernel outside the trace
+    update = torch.compile(_rmsprop_and_clip, fullgraph=True, backend=backend)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        (-eager(x).mean()).backward()
+        opt.step()
+        for p in eager.parameters():  # the reference: torch's optimizer, then a clamp loop
+            p.data.clamp_(-0.01, 0.01)
+        compiled.zero_grad(set_to_none=True)
+        (-compiled(x).mean()).backward()
+        update(compiled, square_avg, 5e-3, 0.01)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        assert b.abs().max().item() <= 0.01
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_torch_compile_graph_contains_the_op():
+    torch._dynamo.reset()
+    fused_clip_([torch.zeros(1)], 0.01)
+    critic = torch.nn.Linear(3, 2)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch.compile(lambda m: fused_clip_(m, 0.01), fullgraph=True, backend=capture)(critic)
+    assert len(graphs) == 1
+    assert "wgan_ext.fused_clip_" in graphs[0].code
+    assert critic.weight.abs().max().item() <= 0.01
+
+
+def test_public_names():
+    assert wgan_ext.fused_clip_ is fused_clip_
+    assert wgan_ext.FusedClipper is FusedClipper
