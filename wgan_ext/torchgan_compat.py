@@ -65,7 +65,7 @@ def _image_visualize_call(self: Any, trainer: Any, **kwargs: Any) -> None:
     # torchgan 0.1.0's ImageVisualize.__call__ verbatim, except make_grid's `value_range`
     # (called `range` in torchvision < 0.10, and removed since).
     import torchvision
-    from torchgan.logging.visualize import ImageVisualize, Visualize
+    from torchgan.logging.visualize import ImageVisualize
     from torchgan.models.model import Generator
 
     pos = 0
