@@ -1,0 +1,373 @@
+"""Turn pytest-benchmark JSON from the wgan-ext suite into benchmarks/RESULTS.md.
+
+    python benchmarks/make_results.py --cpu cpu.json                 # (re)write the CPU section
+    python benchmarks/make_results.py --gpu gpu.json --launches launches.json   # the GPU section
+
+Each run fills its own section of the output (between ``<!-- cpu:begin -->`` / ``<!-- cpu:end -->``
+or the gpu markers) and keeps the other one, so the CPU and GPU numbers can come from different
+machines while every ratio inside a section comes from one run, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "RESULTS.md"
+
+CLIP_COLS = ("limit", "fused_op", "fused_plan", "fused_module", "fallback", "foreach", "loop",
+             "compiled_loop")
+STEP_COLS = ("none", "loop", "fused_module", "fused_plan")
+SHAPE_ORDER = ("dcgan64", "mlp3x512", "small800", "large")
+SHAPE_NOTES = {
+    "dcgan64": "torchgan DCGANDiscriminator(in_size=64)",
+    "mlp3x512": "paper MLP critic, 64*64*3 -> 3 x 512 -> 1",
+    "small800": "200 residual LayerNorm+Linear(64) blocks",
+    "large": "Linear(d, d) stack (6 x 4096 on CUDA, 10 x 1024 on CPU)",
+}
+# HBM bandwidth, GB/s: (spec sheet, what a device-to-device copy reaches in practice).
+PEAKS = (
+    ("H200", 4800.0, 4300.0),
+    ("H100 PCIe", 2000.0, None),
+    ("H100 NVL", 3900.0, None),
+    ("H100", 3350.0, 3000.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100-SXM4-80GB", 2039.0, None),
+    ("A100", 1555.0, None),
+)
+TARGETS = {"cpu": {"limit": 1.2, "loop_small800": 30.0},
+           "cuda": {"hbm": 0.85, "loop_small800": 20.0}}
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows = {}
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "kind" not in info:
+            continue
+        key = (info["kind"], info["device"], info["shape"], info["dtype"], info["contender"])
+        rows[key] = dict(info, stats=b["stats"])
+    return data, rows
+
+
+def us(row, stat):
+    return row["stats"][stat] * 1e6
+
+
+def fmt_t(v):
+    if v is None:
+        return "–"
+    if v >= 10_000:
+        return f"{v / 1000:,.1f} ms"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def fmt_x(v):
+    return "–" if v is None else (f"{v:.2f}x" if v < 10 else f"{v:.0f}x")
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def machine_lines(data, device):
+    mi = data.get("machine_info", {})
+    wb = mi.get("wgan_ext_bench", {})
+    cpu = mi.get("cpu", {})
+    ci = data.get("commit_info", {})
+    lines = [
+        f"- Run: {data.get('datetime', '?')[:19]} UTC, commit {str(ci.get('id', '?'))[:10]}"
+        f"{' (dirty tree)' if ci.get('dirty') else ''}, pytest-benchmark {data.get('version', '?')}",
+        f"- Machine: {cpu.get('brand_raw', mi.get('processor') or '?')}, "
+        f"{cpu.get('count', '?')} logical CPUs, torch threads {wb.get('threads', '?')}; "
+        f"Python {mi.get('python_version', '?')}",
+        f"- torch {wb.get('torch', '?')}, CUDA (torch build) {wb.get('cuda')}, "
+        f"wgan-ext {wb.get('wgan_ext', '?')}",
+    ]
+    if device == "cuda":
+        lines.append(f"- GPU: {', '.join(wb.get('gpus', ['?']))}")
+    for dev, k in wb.get("kernels", {}).items():
+        state = f"loaded ({k['info']})" if k.get("loaded") else f"UNAVAILABLE: {k.get('info')}"
+        lines.append(f"- Compiled {dev} kernel: {state}")
+    return lines
+
+
+def clip_section(rows, device, stat):
+    out = []
+    keys = sorted({(k[2], k[3]) for k in rows if k[0] == "clip" and k[1] == device},
+                  key=lambda sd: (sd[1] != "float32", SHAPE_ORDER.index(sd[0])
+                                  if sd[0] in SHAPE_ORDER else 99))
+    if not keys:
+        return out, {}
+
+    def t(shape, dtype, c):
+        r = rows.get(("clip", device, shape, dtype, c))
+        return us(r, stat) if r else None
+
+    out += [f"Times: {stat} microseconds per call (– = not run: skipped, see notes).", "",
+            "| critic | dtype | tensors | params | " + " | ".join(CLIP_COLS) + " |",
+            "|---|---|--:|--:|" + "--:|" * len(CLIP_COLS)]
+    for shape, dtype in keys:
+        any_row = next(r for k, r in rows.items() if k[:4] == ("clip", device, shape, dtype))
+        out.append(f"| {shape} | {dtype} | {any_row['tensors']} | {any_row['numel'] / 1e6:.2f} M | "
+                   + " | ".join(fmt_t(t(shape, dtype, c)) for c in CLIP_COLS) + " |")
+    out += ["", "Ratios (lower is better for x/limit; higher is better for loop/x, foreach/x):", "",
+            "| critic | dtype | op/limit | plan/limit | module/limit | loop/module | loop/plan "
+            "| loop/op | foreach/op | fallback/module | compiled/module |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    summary = {}
+    for shape, dtype in keys:
+        g = {c: t(shape, dtype, c) for c in CLIP_COLS}
+        r = {
+            "op/limit": ratio(g["fused_op"], g["limit"]),
+            "plan/limit": ratio(g["fused_plan"], g["limit"]),
+            "module/limit": ratio(g["fused_module"], g["limit"]),
+            "loop/module": ratio(g["loop"], g["fused_module"]),
+            "loop/plan": ratio(g["loop"], g["fused_plan"]),
+            "loop/op": ratio(g["loop"], g["fused_op"]),
+            "foreach/op": ratio(g["foreach"], g["fused_op"]),
+            "fallback/module": ratio(g["fallback"], g["fused_module"]),
+            "compiled/module": ratio(g["compiled_loop"], g["fused_module"]),
+        }
+        summary[(shape, dtype)] = r
+        out.append(f"| {shape} | {dtype} | " + " | ".join(fmt_x(v) for v in r.values()) + " |")
+    return out, summary
+
+
+def peak_for(name, override):
+    if override:
+        return override, None, "given on the command line"
+    for key, spec, copy in PEAKS:
+        if key in name:
+            return spec, copy, f"{key} spec sheet"
+    return None, None, "unknown device"
+
+
+def bandwidth_section(rows, stat, peak_override):
+    out = []
+    keys = sorted({(k[2], k[3]) for k in rows if k[0] == "clip" and k[1] == "cuda"},
+                  key=lambda sd: (SHAPE_ORDER.index(sd[0]) if sd[0] in SHAPE_ORDER else 99, sd[1]))
+    if not keys:
+        return out, {}
+    name = next(r["device_name"] for k, r in rows.items() if k[1] == "cuda")
+    spec, copy_ref, src = peak_for(name, peak_override)
+    out += [f"Achieved bandwidth, bytes = 2 x numel x itemsize (read + write). `wall`: {stat} of one "
+            "synchronised call (launch + sync included); `dev`: back-to-back calls timed with CUDA "
+            "events. `copy` is a device-to-device `copy_` of the same bytes measured in this run.",
+            f"Peak for {name}: "
+            + (f"{spec:,.0f} GB/s ({src})" if spec else "unknown (pass --peak-gbs)")
+            + (f", ~{copy_ref:,.0f} GB/s typically measured for a d2d copy" if copy_ref else "")
+            + ".", "",
+            "| critic | dtype | contender | wall GB/s | dev GB/s | dev % of spec | "
+            "dev % of run's copy | run's copy GB/s |",
+            "|---|---|---|--:|--:|--:|--:|--:|"]
+    best = {}
+    for shape, dtype in keys:
+        limit = rows.get(("clip", "cuda", shape, dtype, "limit"))
+        copy_gbs = None
+        for c in ("limit", "fused_op", "fused_plan", "fused_module"):
+            r = rows.get(("clip", "cuda", shape, dtype, c))
+            if r is None:
+                continue
+            nbytes = 2 * r["numel"] * r["itemsize"]
+            wall = nbytes / (r["stats"][stat]) / 1e9
+            dev = nbytes / (r["device_us"] * 1e-6) / 1e9 if r.get("device_us") else None
+            if limit and limit.get("copy_device_us"):
+                copy_gbs = nbytes / (limit["copy_device_us"] * 1e-6) / 1e9
+            pct = f"{100 * dev / spec:.0f} %" if dev and spec else "–"
+            pct_copy = f"{100 * dev / copy_gbs:.0f} %" if dev and copy_gbs else "–"
+            out.append(f"| {shape} | {dtype} | {c} | {wall:,.0f} | "
+                       f"{'–' if dev is None else f'{dev:,.0f}'} | {pct} | {pct_copy} | "
+                       f"{'–' if copy_gbs is None else f'{copy_gbs:,.0f}'} |")
+            if c != "limit":
+                best[(shape, dtype, c)] = (dev, spec, copy_ref)
+    return out, best
+
+
+def step_section(rows, device, stat):
+    keys = sorted({k[2] for k in rows if k[0] == "step" and k[1] == device},
+                  key=lambda s: SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 99)
+    if not keys:
+        return []
+    batch = next(r["batch"] for k, r in rows.items() if k[0] == "step" and k[1] == device)
+    out = [f"Whole critic step, float32, batch {batch}: forward real + fake, backward, "
+           f"RMSprop(lr=5e-5) step, clip. {stat} ms per step; clip share = (step - no-clip step) "
+           "/ step.", "",
+           "| critic | no clip | loop | fused_module | fused_plan | loop clip share "
+           "| fused_module clip share | fused_plan clip share | loop step / fused_plan step |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+
+    def ms(shape, c):
+        r = rows.get(("step", device, shape, "float32", c))
+        return r["stats"][stat] * 1e3 if r else None
+
+    def share(shape, c):
+        full, none = ms(shape, c), ms(shape, "none")
+        return "–" if full is None or none is None else f"{100 * (full - none) / full:.1f} %"
+
+    for shape in keys:
+        vals = [ms(shape, c) for c in STEP_COLS]
+        out.append(f"| {shape} | " + " | ".join("–" if v is None else f"{v:,.2f}" for v in vals)
+                   + f" | {share(shape, 'loop')} | {share(shape, 'fused_module')} | "
+                   f"{share(shape, 'fused_plan')} | "
+                   f"{fmt_x(ratio(ms(shape, 'loop'), ms(shape, 'fused_plan')))} |")
+    out += ["", "Negative or near-zero shares are within run-to-run noise of the step itself."]
+    return out
+
+
+def targets_cpu(summary):
+    out = ["Targets (from the issue; measured here, not asserted in tests):", ""]
+    for label, key in (("fused_clip_(critic, c)", "module/limit"), ("FusedClipper()", "plan/limit"),
+                       ("op on a prepared list", "op/limit")):
+        vals = {sd: r[key] for sd, r in summary.items() if r[key] is not None}
+        if not vals:
+            out.append(f"- {label} within 1.2x of the flat limit: not measured")
+            continue
+        worst_sd, worst = max(vals.items(), key=lambda kv: kv[1])
+        missed = [f"{s} {d} {v:.2f}x" for (s, d), v in vals.items() if v > TARGETS["cpu"]["limit"]]
+        out.append(f"- {label} within 1.2x of the flat limit on every shape: "
+                   + ("**met**" if not missed else f"**missed** on {', '.join(missed)}")
+                   + f" (worst {worst:.2f}x, {worst_sd[0]} {worst_sd[1]})")
+    for label, key in (("fused_clip_(critic, c)", "loop/module"), ("FusedClipper()", "loop/plan"),
+                       ("op on a prepared list", "loop/op")):
+        vals = {d: r[key] for (s, d), r in summary.items() if s == "small800" and r[key] is not None}
+        if not vals:
+            out.append(f"- {label} >= 30x faster than the loop on small800: not measured")
+            continue
+        out.append(f"- {label} >= 30x faster than the loop on small800: "
+                   + ", ".join(f"{d} {v:.0f}x ({'met' if v >= 30 else 'missed'})"
+                               for d, v in vals.items()))
+    return out
+
+
+def targets_gpu(summary, best, launches):
+    out = ["Targets (from the issue; measured here, not asserted in tests):", ""]
+    if launches:
+        fused = [r for r in launches["rows"] if r["method"] in ("fused_module", "fused_op", "fused_plan")]
+        counts = sorted({r["kernels_per_call"] for r in fused})
+        out.append("- one kernel launch per call whatever the tensor count: "
+                   + ("**met**" if counts == [1.0] else f"kernels per call seen: {counts}")
+                   + " (profiler, table below)")
+    else:
+        out.append("- one kernel launch per call: not profiled (run profile_launches.py)")
+    for (shape, dtype, c), (dev, spec, copy_ref) in sorted(best.items()):
+        if shape != "large" or dev is None:
+            continue
+        line = f"- {c} {dtype} at large: {dev:,.0f} GB/s"
+        if spec:
+            line += f" = {100 * dev / spec:.0f} % of spec ({'met' if dev >= 0.85 * spec else 'missed'} 85 %)"
+        if copy_ref:
+            line += f", {100 * dev / copy_ref:.0f} % of a typical d2d copy"
+        out.append(line)
+    for key in ("loop/module", "loop/plan", "loop/op"):
+        vals = {d: r[key] for (s, d), r in summary.items() if s == "small800" and r[key] is not None}
+        if vals:
+            out.append(f"- {key} on small800 >= 20x: " + ", ".join(
+                f"{d} {v:.0f}x ({'met' if v >= 20 else 'missed'})" for d, v in vals.items()))
+    return out
+
+
+def launches_section(launches):
+    if not launches:
+        return []
+    cuda = launches.get("device_type") == "cuda"
+    out = [f"Kernel launches per call (torch.profiler, {launches['calls']} calls each, float32, "
+           f"{launches.get('device', '?')}):", ""]
+    if cuda:
+        out += ["| critic | tensors | method | kernels / call | launch API calls / call "
+                "| memcpy / call | kernel names |", "|---|--:|---|--:|--:|--:|---|"]
+        for r in launches["rows"]:
+            out.append(f"| {r['shape']} | {r['tensors']} | {r['method']} | {r['kernels_per_call']:g} "
+                       f"| {r['launch_calls_per_call']:g} | {r['memcpy_per_call']:g} "
+                       f"| {', '.join(r['kernel_names'][:3])}{' ...' if len(r['kernel_names']) > 3 else ''} |")
+    else:
+        out += ["| critic | tensors | method | top-level ops / call | ops |", "|---|--:|---|--:|---|"]
+        for r in launches["rows"]:
+            out.append(f"| {r['shape']} | {r['tensors']} | {r['method']} | {r['ops_per_call']:g} "
+                       f"| {', '.join(r['op_names'][:3])} |")
+    return out
+
+
+def section(data, rows, device, stat, launches=None, peak=None):
+    label = "CPU" if device == "cpu" else "GPU"
+    out = [f"## {label}", ""] + machine_lines(data, device) + [""]
+    clip, summary = clip_section(rows, device, stat)
+    if not clip:
+        return out + [f"No {device} results in this run.", ""]
+    out += ["### Clip, per critic", ""] + clip + [""]
+    best = {}
+    if device == "cuda":
+        bw, best = bandwidth_section(rows, stat, peak)
+        out += ["### Bandwidth", ""] + bw + [""]
+    step = step_section(rows, device, stat)
+    if step:
+        out += ["### Critic step", ""] + step + [""]
+    if launches:
+        out += ["### Launches", ""] + launches_section(launches) + [""]
+    out += ["### Targets", ""]
+    out += targets_cpu(summary) if device == "cpu" else targets_gpu(summary, best, launches)
+    return out + [""]
+
+
+HEADER = """# wgan-ext benchmark results
+
+Generated by `benchmarks/make_results.py` from the pytest-benchmark suite in `benchmarks/`
+(how to run: `benchmarks/README.md`). Every ratio is measured side by side in one run on one
+machine: each contender of a group runs back to back in the same pytest session. CPU numbers come
+from a shared 2-core machine and are noisy; compare ratios, not absolute times.
+
+Contenders: `limit` = one `clamp_` over a flat buffer with the critic's element count (the floor);
+`fused_op` = `torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)` on a prepared list (kernel only);
+`fused_plan` = `FusedClipper(critic, c)()` (parameters collected once); `fused_module` =
+`fused_clip_(critic, c)` (collects `critic.parameters()` every call); `fallback` =
+`fused_clip_(critic, c, backend="torch")`; `foreach` = `torch._foreach_clamp_min_` +
+`_foreach_clamp_max_` on a prepared list; `loop` = `for p in critic.parameters():
+p.data.clamp_(lo, hi)`; `compiled_loop` = `torch.compile` of that loop (float32, some shapes).
+Weights are re-drawn uniform in [-2c, 2c] before every timed call (outside the timing).
+
+Critics: """ + "; ".join(f"`{k}` = {v}" for k, v in SHAPE_NOTES.items()) + ".\n"
+
+
+def write(out_path, device, body):
+    begin, end = f"<!-- {device}:begin -->", f"<!-- {device}:end -->"
+    text = Path(out_path).read_text() if Path(out_path).exists() else ""
+    if "<!-- cpu:begin -->" not in text:
+        text = (HEADER + "\n<!-- cpu:begin -->\n## CPU\n\nNot run yet.\n<!-- cpu:end -->\n\n"
+                "<!-- gpu:begin -->\n## GPU\n\nNot run yet.\n<!-- gpu:end -->\n")
+    else:  # keep the sections, refresh the header
+        text = HEADER + "\n" + text[text.index("<!-- cpu:begin -->"):]
+    block = f"{begin}\n" + "\n".join(body).rstrip() + f"\n{end}"
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+    Path(out_path).write_text(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", help="pytest-benchmark JSON of a CPU run (--bench-devices=cpu)")
+    ap.add_argument("--gpu", help="pytest-benchmark JSON of a CUDA run (--bench-devices=cuda)")
+    ap.add_argument("--launches", help="JSON written by profile_launches.py (goes in the section "
+                    "of the device it profiled)")
+    ap.add_argument("--stat", default="median", choices=("median", "min", "mean"))
+    ap.add_argument("--peak-gbs", type=float, help="override the device's peak HBM GB/s")
+    ap.add_argument("-o", "--out", default=str(DEFAULT_OUT))
+    args = ap.parse_args(argv)
+    if not args.cpu and not args.gpu:
+        ap.error("give --cpu and/or --gpu")
+    launches = json.loads(Path(args.launches).read_text()) if args.launches else None
+    for device, path in (("cpu", args.cpu), ("cuda", args.gpu)):
+        if not path:
+            continue
+        data, rows = load(path)
+        use_launches = launches if launches and launches.get("device_type") == device else None
+        body = section(data, rows, device, args.stat, use_launches, args.peak_gbs)
+        write(args.out, "cpu" if device == "cpu" else "gpu", body)
+        print(f"wrote the {device} section of {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Clipping every critic weight to [-c, c]: fused kernels vs what people use today.
+
+One pytest-benchmark group per (device, critic shape, dtype); in each group:
+
+  limit          one ``clamp_`` over a single flat buffer with the critic's element count
+  fused_op       ``torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)`` on a prepared list (kernel)
+  fused_module   ``fused_clip_(critic, c, backend=<device>)`` (kernel + collecting parameters)
+  fused_plan     a cached-plan object, if the package has one (``wgan_ext.FusedClipper``)
+  fallback       ``fused_clip_(critic, c, backend="torch")``: the pure-PyTorch reference
+  foreach        ``torch._foreach_clamp_min_`` + ``torch._foreach_clamp_max_`` on a prepared list
+  loop           ``for p in critic.parameters(): p.data.clamp_(lo, hi)`` (torchgan, the paper)
+  compiled_loop  ``torch.compile`` of that loop (float32, only the shapes in --bench-compile)
+
+Every round restores the weights drawn uniform in [-2c, 2c] before the timed call (untimed).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench_critics import DTYPES, HI, LO, SHAPES, C, Weights, build
+from bench_harness import compile_shapes, require_kernel
+
+CONTENDERS = ("limit", "fused_op", "fused_module", "fused_plan", "fallback", "foreach", "loop",
+              "compiled_loop")
+
+_cache: dict = {}
+
+
+def critic_for(device, shape, dtype):
+    """One critic at a time, shared by the contenders of a group (they run back to back)."""
+    key = (device, shape, dtype)
+    if key not in _cache:
+        _cache.clear()
+        critic = build(shape, device, DTYPES[dtype])
+        _cache[key] = (critic, Weights(critic.parameters()))
+    return _cache[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_critics():
+    yield
+    _cache.clear()
+
+
+def loop(critic, lo, hi):
+    for p in critic.parameters():
+        p.data.clamp_(lo, hi)
+
+
+def make(contender, critic, params, dev, dtype, request):
+    """(timed function, backend description) for ``contender``; may skip."""
+    if contender == "fused_op":
+        backend = require_kernel(dev.type)
+        return (lambda: torch.ops.wgan_ext.fused_clip_(params, LO, HI)), backend
+    if contender == "fused_module":
+        from wgan_ext import fused_clip_
+
+        backend = require_kernel(dev.type)
+        return (lambda: fused_clip_(critic, C, backend=dev.type)), backend
+    if contender == "fused_plan":
+        import wgan_ext
+
+        plan_cls = getattr(wgan_ext, "FusedClipper", None)
+        if plan_cls is None:
+            pytest.skip("wgan_ext has no cached-plan API (FusedClipper)")
+        backend = require_kernel(dev.type)
+        plan = plan_cls(critic, C, backend=dev.type)
+        return plan, backend
+    if contender == "fallback":
+        from wgan_ext import fused_clip_
+
+        return (lambda: fused_clip_(critic, C, backend="torch")), "torch reference"
+    if contender == "foreach":
+        def foreach():
+            with torch.no_grad():
+                torch._foreach_clamp_min_(params, LO)
+                torch._foreach_clamp_max_(params, HI)
+
+        return foreach, "aten foreach"
+    if contender == "loop":
+        return (lambda: loop(critic, LO, HI)), "aten clamp_ per tensor"
+    if contender == "compiled_loop":
+        shape = request.node.callspec.params["shape"]
+        if dtype != "float32" or shape not in compile_shapes(request.config):
+            pytest.skip("torch.compile contender runs on float32 and the --bench-compile shapes only")
+        torch._dynamo.reset()  # a fresh cache: no guard chains left by other critics
+        compiled = torch.compile(loop)
+        return (lambda: compiled(critic, LO, HI)), "torch.compile (inductor)"
+    raise AssertionError(contender)
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)  # varies fastest: a group runs back to back
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_clip(run, dev, shape, dtype, contender, request):
+    critic, weights = critic_for(dev, shape, dtype)
+    params = list(critic.parameters())
+    numel = sum(p.numel() for p in params)
+    info = dict(kind="clip", device=dev.type, shape=shape, dtype=dtype, contender=contender,
+                tensors=len(params), numel=numel, itemsize=params[0].element_size())
+    group = f"clip {dev.type} {shape} {dtype}"
+
+    if contender == "limit":
+        flat = torch.empty(numel, device=dev, dtype=DTYPES[dtype]).uniform_(2 * LO, 2 * HI)
+        flat_weights = Weights([flat])
+        fn = lambda: flat.clamp_(LO, HI)  # noqa: E731
+        run(fn, dev=dev, setup=flat_weights.restore, group=group, backend="aten clamp_", **info)
+        if dev.type == "cuda":
+            run.device_time(fn)
+            src = torch.empty_like(flat)
+            run.device_time(lambda: flat.copy_(src), key="copy_device_us")
+        return
+
+    fn, backend = make(contender, critic, params, dev, dtype, request)
+    run(fn, dev=dev, setup=weights.restore, group=group, backend=backend, **info)
+    if dev.type == "cuda":
+        run.device_time(fn)
+    for p in params:  # the contender really clipped (the next group member restores them)
+        assert torch.equal(p, p.clamp(LO, HI))
