@@ -11,6 +11,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
+#include <c10/util/irange.h>
+
 #include <vector>
 
 namespace wgan_ext {
@@ -40,6 +42,13 @@ struct ClipPlan : torch::CustomClassHolder {
 // backward relies on to detect the write. Registering this (instead of relying on the boxed
 // autograd fallback) also saves ~60 ns per tensor per call.
 void fused_clip_autograd(at::TensorList tensors, double lo, double hi) {
+  // A list spanning devices would be routed to one backend's kernel; refuse it here, before
+  // any backend sees it (wgan_ext.fused_clip_ groups by device and never sends one).
+  for (const auto i : c10::irange(tensors.size())) {
+    TORCH_CHECK_VALUE(!tensors[i].defined() || tensors[i].device() == tensors[0].device(),
+        "fused_clip_: all tensors must be on one device; tensors[0] is on ", tensors[0].device(),
+        ", tensors[", i, "] on ", tensors[i].device());
+  }
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("wgan_ext::fused_clip_", "")
                        .typed<void(at::TensorList, double, double)>();

@@ -154,6 +154,18 @@ def test_cpu_and_cuda_tensors_in_one_call():
     assert_bit_equal(b, want[1])
 
 
+def test_tensors_on_two_devices_are_grouped_and_the_op_refuses_a_mixed_list():
+    a = make_values(1000, torch.float32, "cpu", 1)
+    m = torch.empty(1000, device="meta")  # a second device that exists on every machine
+    want = a.clone().clamp_(-0.01, 0.01)
+    fused_clip_([a, m], 0.01)
+    assert_bit_equal(a, want)
+    before = a.clone()
+    with pytest.raises(ValueError, match=r"all tensors must be on one device; tensors\[0\] is on cpu, tensors\[1\] on meta"):
+        torch.ops.wgan_ext.fused_clip_([a, m], -0.001, 0.001)
+    assert_bit_equal(a, before)
+
+
 def test_lo_equal_hi_and_asymmetric_pair():
     t = make_values(500, torch.float32, "cpu", 3)
     want = t.clone().clamp_(0.25, 0.25)
@@ -175,6 +187,61 @@ def test_accepts_a_single_tensor_and_a_generator():
     fused_clip_((x for x in ts), 0.02)
     for g, w in zip(ts, wants):
         assert_bit_equal(g, w)
+
+
+# ----------------------------------------------------------------------------- CUDA specifics
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_many_tensors_misaligned_and_odd_sizes(dtype):
+    if not HAS_CUDA:
+        pytest.skip("no CUDA device here")
+    g = torch.Generator().manual_seed(16)
+    sizes = torch.randint(0, 5000, (6000,), generator=g).tolist() + [300_001, 1 << 20]
+    ts = []
+    for i, n in enumerate(sizes):
+        base = make_values(n + 3, dtype, "cuda", i)
+        ts.append(base[i % 3: i % 3 + n])  # offsets 0..2 elements: some not 16-byte aligned
+    want = [t.clone().clamp_(-0.01, 0.01) for t in ts]
+    fused_clip_(ts, 0.01, backend="cuda")
+    torch.cuda.synchronize()
+    for a, b in zip(ts, want):
+        assert_bit_equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_tensor_over_2_to_the_31_elements():
+    if not HAS_CUDA:
+        pytest.skip("no CUDA device here")
+    n = (1 << 31) + 4099
+    free, _ = torch.cuda.mem_get_info()
+    if free < 3 * n * 2 + (1 << 30):
+        pytest.skip(f"needs {3 * n * 2 / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} free")
+    x = torch.empty(n, dtype=torch.float16, device="cuda")
+    x.uniform_(-0.05, 0.05)
+    x[-5:] = torch.tensor([1.0, -1.0, float("nan"), 0.005, -0.02], dtype=torch.float16)
+    want = x.clone().clamp_(-0.01, 0.01)
+    fused_clip_([x], 0.01, backend="cuda")
+    assert torch.equal(x.view(torch.int16), want.view(torch.int16))
+    tail = x[-5:].float().cpu()
+    assert tail[0].item() == pytest.approx(0.01, abs=1e-5) and math.isnan(tail[2].item())
+    del want
+
+
+@pytest.mark.cuda
+def test_cuda_runs_on_the_current_stream():
+    if not HAS_CUDA:
+        pytest.skip("no CUDA device here")
+    s = torch.cuda.Stream()
+    x = make_values(1 << 22, torch.float32, "cuda", 17)
+    want = x.clone().clamp_(-0.01, 0.01)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        y = x * 1.0  # queued on s
+        fused_clip_([y], 0.01, backend="cuda")  # must run after the multiply, on s
+        z = y.clone()
+    s.synchronize()
+    assert_bit_equal(z, want)
 
 
 # ----------------------------------------------------------------------------- autograd

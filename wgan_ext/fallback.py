@@ -2,8 +2,11 @@
 
 Used when no compiled kernel can load, and as the yardstick the kernels are tested against.
 It must give bit-for-bit what ``t.clamp_(lo, hi)`` gives on the tensor's own device: the result
-of a clamp is always one of ``t``, ``lo`` or ``hi`` rounded to ``t``'s dtype (NaN stays NaN), and
-``torch._foreach_clamp_min_`` followed by ``torch._foreach_clamp_max_`` picks the same one.
+of a clamp is always one of ``t``, ``lo`` or ``hi`` rounded to ``t``'s dtype (NaN stays NaN).
+``torch._foreach_clamp_min_`` then ``_foreach_clamp_max_`` pick the same one, except that on CUDA
+the foreach kernels pass 16-bit values through float, which turns a NaN's payload into the
+canonical NaN (0x7fff) where ``clamp_`` keeps the original bits: so 16-bit tensors off the CPU
+take ``clamp_`` itself, one per tensor.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ def clamp_tensors_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> Non
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t.data)
-    for group in groups.values():
-        torch._foreach_clamp_min_(group, lo)
-        torch._foreach_clamp_max_(group, hi)
+    for (device, dtype), group in groups.items():
+        if dtype.itemsize == 2 and device.type != "cpu":
+            for t in group:
+                t.clamp_(lo, hi)
+        else:
+            torch._foreach_clamp_min_(group, lo)
+            torch._foreach_clamp_max_(group, hi)
     for t in tensors:
         torch.autograd.graph.increment_version(t)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU check: build the kernels for the visible GPU, run the CUDA tests, the benchmark suite
+# and the launch profile. Every step logs to $OUT (default ./gpu-check) so partial results
+# survive a time-out. Usage: OUT=/some/dir bash scripts/gpu_check.sh [--quick]
+set -u
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+step() { local name=$1 limit=$2; shift 2; echo "== $name"; local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "   rc=$rc in $((SECONDS - t0)) s"; tail -n 4 "$OUT/$name.log"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+fi
+export TORCH_CUDA_ARCH_LIST MAX_JOBS=${MAX_JOBS:-16} WGAN_EXT_CUDA=1
+step build 300 $PY setup.py build_ext --inplace
+step info 60 $PY -m wgan_ext.info
+step tests 240 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs
+step launches 120 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
+if [ "${1:-}" != "--quick" ]; then
+  step bench 300 $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
+    --bench-compile=small800 --benchmark-json="$OUT/bench_gpu.json"
+fi
