@@ -25,6 +25,7 @@ import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CXX_FLAGS = ["-O3"]  # torch.utils.cpp_extension picks the -std its headers need
@@ -103,5 +104,20 @@ def _extensions() -> tuple[list, dict]:
     return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
+class BuildPyWithSources(build_py):
+    """Ship csrc/ inside the package, so an install without a prebuilt kernel (or with one built
+    for another torch) can still compile on first use (wgan_ext/_ext.py looks in wgan_ext/csrc)."""
+
+    def run(self) -> None:
+        super().run()
+        import shutil
+
+        src = os.path.join(ROOT, "csrc")
+        dst = os.path.join(self.build_lib, "wgan_ext", "csrc")
+        if os.path.isdir(src) and not self.editable_mode:
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
 ext_modules, cmdclass = _extensions()
+cmdclass["build_py"] = BuildPyWithSources
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

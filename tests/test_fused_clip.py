@@ -145,7 +145,7 @@ def test_module_with_mixed_dtypes(device, backend):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
-def test_cpu_and_cuda_tensors_in_one_call():
+def test_cpu_and_cuda_two_devices_in_one_call():
     a = make_values(1000, torch.float32, "cpu", 1)
     b = make_values(1000, torch.float16, "cuda", 2)
     want = [a.clone().clamp_(-0.01, 0.01), b.clone().clamp_(-0.01, 0.01)]
