@@ -11,6 +11,11 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s"; tail -n 4 "$OUT/$name.log"; }
 
+# Offline machines: wheels carried in .whl/ (e.g. torchgan for the DCGAN critic shape).
+if ls .whl/*.whl > /dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
@@ -19,9 +24,10 @@ fi
 export TORCH_CUDA_ARCH_LIST MAX_JOBS=${MAX_JOBS:-16} WGAN_EXT_CUDA=1
 step build 300 $PY setup.py build_ext --inplace
 step info 60 $PY -m wgan_ext.info
-step tests 240 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs
+step tests 240 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs -k "not two_devices"
+step tests_mixed 60 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -k "two_devices"
 step launches 120 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
 if [ "${1:-}" != "--quick" ]; then
-  step bench 300 $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
-    --bench-compile=small800 --benchmark-json="$OUT/bench_gpu.json"
+  step bench ${BENCH_LIMIT:-300} $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
+    --bench-compile=${BENCH_COMPILE:-none} --benchmark-json="$OUT/bench_gpu.json"
 fi
