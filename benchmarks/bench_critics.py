@@ -81,6 +81,16 @@ def _large_dims(device: torch.device) -> tuple[int, int]:
 def build(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> nn.Module:
     """Critic ``name`` on ``device`` in ``dtype``, parameters uniform in [-2c, 2c]."""
     torch.manual_seed(seed)
+    with device:  # construct in place: no 100 M-parameter init on the host for CUDA
+        critic = _construct(name, device)
+    critic = critic.to(dtype=dtype)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.uniform_(-2 * C, 2 * C)
+    return critic
+
+
+def _construct(name: str, device: torch.device) -> nn.Module:
     if name == "dcgan64":
         from torchgan.models import DCGANDiscriminator
 
@@ -94,10 +104,6 @@ def build(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) ->
         critic = DeepMLPCritic(layers=layers, d=d)
     else:
         raise ValueError(f"unknown critic shape {name!r}; known: {SHAPES}")
-    critic = critic.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        for p in critic.parameters():
-            p.uniform_(-2 * C, 2 * C)
     return critic
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
@@ -42,37 +43,68 @@ def compile_shapes(config) -> set:
 
 
 class Runner:
-    """Times ``fn`` with pytest-benchmark, one call per round, ``setup`` untimed before each."""
+    """Times ``fn`` with pytest-benchmark, one call per round, ``setup`` untimed before each.
+
+    With ``ref=(ref_fn, ref_setup)`` every round's untimed setup also times one call of
+    ``ref_fn`` (after ``ref_setup``) by hand, just before the round's timed call of ``fn``; then
+    ``extra_info["paired_ratio"]`` is the median over rounds of fn-time / ref-time. Both calls of
+    a pair see the same machine load, so the ratio survives the drift of a shared machine that
+    unpaired benchmarks, run seconds apart, do not.
+    """
 
     def __init__(self, benchmark, config):
         self.benchmark = benchmark
         self.config = config
 
     def __call__(self, fn, *, dev: torch.device, setup=None, group: str, min_rounds: int = 20,
-                 **info):
+                 ref=None, **info):
         bm = self.benchmark
         bm.group = group
         bm.extra_info.update(info, device_name=device_name(dev))
-        cuda = dev.type == "cuda"
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
         def target():
             fn()
-            if cuda:
-                torch.cuda.synchronize()
+            sync()
 
-        setup = setup or (lambda: None)
+        ref_times: list = []
+
+        def round_setup():
+            if ref is not None:
+                ref_fn, ref_setup = ref
+                ref_setup()
+                t0 = time.perf_counter()
+                ref_fn()
+                sync()
+                ref_times.append(time.perf_counter() - t0)
+            if setup is not None:
+                setup()
+
         if bm.disabled:  # CI: run once so the code cannot rot
-            bm.pedantic(target, setup=setup, rounds=1, iterations=1)
+            bm.pedantic(target, setup=round_setup, rounds=1, iterations=1)
             return
         est = float("inf")
         for _ in range(3):  # calibration; also compiles / warms caches
-            setup()
+            round_setup()
             t0 = time.perf_counter()
             target()
             est = min(est, time.perf_counter() - t0)
         seconds = self.config.getoption("--bench-seconds") or DEFAULT_SECONDS[dev.type]
         rounds = int(max(min_rounds, min(MAX_ROUNDS[dev.type], seconds / max(est, 1e-7))))
-        bm.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+        ref_times.clear()
+        bm.pedantic(target, setup=round_setup, rounds=rounds, iterations=1, warmup_rounds=1)
+        if ref is not None:
+            own = self.round_times()
+            pairs = ref_times[-len(own):]  # the warmup round's reference comes first
+            bm.extra_info.update(
+                paired_ratio=statistics.median(a / b for a, b in zip(own, pairs)),
+                paired_ref_min_us=min(pairs) * 1e6,
+            )
+
+    def round_times(self) -> list:
+        """Seconds of each timed round of the last run (empty under --benchmark-disable)."""
+        stats = self.benchmark.stats
+        return list(stats.stats.data) if stats else []
 
     def device_time(self, fn, *, key: str = "device_us", iters: int = 20) -> None:
         """CUDA only: back-to-back per-call time from CUDA events, into extra_info[key].

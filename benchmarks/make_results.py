@@ -97,6 +97,19 @@ def machine_lines(data, device):
     return lines
 
 
+def paired(rows, device, shape, dtype, contender, stat):
+    """contender / limit: the per-round paired median if recorded, else a ratio of ``stat``s."""
+    r = rows.get(("clip", device, shape, dtype, contender))
+    if r is None:
+        return None
+    if contender == "limit":
+        return 1.0
+    if r.get("paired_ratio"):
+        return r["paired_ratio"]
+    limit = rows.get(("clip", device, shape, dtype, "limit"))
+    return ratio(r["stats"][stat], limit["stats"][stat]) if limit else None
+
+
 def clip_section(rows, device, stat):
     out = []
     keys = sorted({(k[2], k[3]) for k in rows if k[0] == "clip" and k[1] == device},
@@ -109,24 +122,28 @@ def clip_section(rows, device, stat):
         r = rows.get(("clip", device, shape, dtype, c))
         return us(r, stat) if r else None
 
-    out += [f"Times: {stat} microseconds per call (– = not run: skipped, see notes).", "",
+    out += [f"Times: {stat} microseconds per call. – = not run (compiled_loop: float32 and the "
+            "--bench-compile shapes only; fused_*: compiled kernel unavailable).", "",
             "| critic | dtype | tensors | params | " + " | ".join(CLIP_COLS) + " |",
             "|---|---|--:|--:|" + "--:|" * len(CLIP_COLS)]
     for shape, dtype in keys:
         any_row = next(r for k, r in rows.items() if k[:4] == ("clip", device, shape, dtype))
         out.append(f"| {shape} | {dtype} | {any_row['tensors']} | {any_row['numel'] / 1e6:.2f} M | "
                    + " | ".join(fmt_t(t(shape, dtype, c)) for c in CLIP_COLS) + " |")
-    out += ["", "Ratios (lower is better for x/limit; higher is better for loop/x, foreach/x):", "",
+    out += ["", "Ratios, paired per round: every timed round of a contender follows one timed call "
+            "of `limit` on the same bytes, and x/limit is the median over rounds of the pair's "
+            "ratio (robust to load drift); a ratio between two contenders is the quotient of "
+            "their x/limit. Lower is better for x/limit, higher for loop/x and foreach/x.", "",
             "| critic | dtype | op/limit | plan/limit | module/limit | loop/module | loop/plan "
             "| loop/op | foreach/op | fallback/module | compiled/module |",
             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     summary = {}
     for shape, dtype in keys:
-        g = {c: t(shape, dtype, c) for c in CLIP_COLS}
+        g = {c: paired(rows, device, shape, dtype, c, stat) for c in CLIP_COLS}
         r = {
-            "op/limit": ratio(g["fused_op"], g["limit"]),
-            "plan/limit": ratio(g["fused_plan"], g["limit"]),
-            "module/limit": ratio(g["fused_module"], g["limit"]),
+            "op/limit": g["fused_op"],
+            "plan/limit": g["fused_plan"],
+            "module/limit": g["fused_module"],
             "loop/module": ratio(g["loop"], g["fused_module"]),
             "loop/plan": ratio(g["loop"], g["fused_plan"]),
             "loop/op": ratio(g["loop"], g["fused_op"]),
@@ -151,7 +168,8 @@ def peak_for(name, override):
 def bandwidth_section(rows, stat, peak_override):
     out = []
     keys = sorted({(k[2], k[3]) for k in rows if k[0] == "clip" and k[1] == "cuda"},
-                  key=lambda sd: (SHAPE_ORDER.index(sd[0]) if sd[0] in SHAPE_ORDER else 99, sd[1]))
+                  key=lambda sd: (SHAPE_ORDER.index(sd[0]) if sd[0] in SHAPE_ORDER else 99,
+                                  sd[1] != "float32"))
     if not keys:
         return out, {}
     name = next(r["device_name"] for k, r in rows.items() if k[1] == "cuda")
@@ -195,28 +213,34 @@ def step_section(rows, device, stat):
     if not keys:
         return []
     batch = next(r["batch"] for k, r in rows.items() if k[0] == "step" and k[1] == device)
+    host = " (host time: on CUDA the clip's launches, its kernels run asynchronously)"
     out = [f"Whole critic step, float32, batch {batch}: forward real + fake, backward, "
-           f"RMSprop(lr=5e-5) step, clip. {stat} ms per step; clip share = (step - no-clip step) "
-           "/ step.", "",
-           "| critic | no clip | loop | fused_module | fused_plan | loop clip share "
-           "| fused_module clip share | fused_plan clip share | loop step / fused_plan step |",
+           f"RMSprop(lr=5e-5) step, clip; {stat} ms per step. The clip call is also timed inside "
+           f"every step{host if device == 'cuda' else ''}: `clip us` is its median and `share` "
+           "the median over steps of clip time / step time.", "",
+           "| critic | no clip | loop | fused_module | fused_plan | loop clip us (share) "
+           "| module clip us (share) | plan clip us (share) | loop step / plan step |",
            "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
 
+    def get(shape, c):
+        return rows.get(("step", device, shape, "float32", c))
+
     def ms(shape, c):
-        r = rows.get(("step", device, shape, "float32", c))
+        r = get(shape, c)
         return r["stats"][stat] * 1e3 if r else None
 
-    def share(shape, c):
-        full, none = ms(shape, c), ms(shape, "none")
-        return "–" if full is None or none is None else f"{100 * (full - none) / full:.1f} %"
+    def clip(shape, c):
+        r = get(shape, c)
+        if r is None or "clip_us" not in r:
+            return "–"
+        return f"{fmt_t(r['clip_us'])} ({100 * r['clip_share']:.1f} %)"
 
     for shape in keys:
         vals = [ms(shape, c) for c in STEP_COLS]
         out.append(f"| {shape} | " + " | ".join("–" if v is None else f"{v:,.2f}" for v in vals)
-                   + f" | {share(shape, 'loop')} | {share(shape, 'fused_module')} | "
-                   f"{share(shape, 'fused_plan')} | "
+                   + f" | {clip(shape, 'loop')} | {clip(shape, 'fused_module')} | "
+                   f"{clip(shape, 'fused_plan')} | "
                    f"{fmt_x(ratio(ms(shape, 'loop'), ms(shape, 'fused_plan')))} |")
-    out += ["", "Negative or near-zero shares are within run-to-run noise of the step itself."]
     return out
 
 
@@ -276,26 +300,40 @@ def launches_section(launches):
     if not launches:
         return []
     cuda = launches.get("device_type") == "cuda"
-    out = [f"Kernel launches per call (torch.profiler, {launches['calls']} calls each, float32, "
-           f"{launches.get('device', '?')}):", ""]
+    methods = list(dict.fromkeys(r["method"] for r in launches["rows"]))
+    shapes = list(dict.fromkeys((r["shape"], r["tensors"]) for r in launches["rows"]))
+    cell = {(r["shape"], r["method"]): r for r in launches["rows"]}
+    what = ("CUDA kernels per call (launch API calls per call in brackets)" if cuda
+            else "ops dispatched per call (profiler events directly under the call)")
+    out = [f"torch.profiler, {launches['calls']} calls of each, float32, "
+           f"{launches.get('device', '?')}: {what}.", "",
+           "| critic | tensors | " + " | ".join(methods) + " |",
+           "|---|--:|" + "--:|" * len(methods)]
+    for shape, tensors in shapes:
+        vals = []
+        for m in methods:
+            r = cell.get((shape, m))
+            if r is None:
+                vals.append("–")
+            elif cuda:
+                vals.append(f"{r['kernels_per_call']:g} ({r['launch_calls_per_call']:g})")
+            else:
+                vals.append(f"{r['ops_per_call']:g}")
+        out.append(f"| {shape} | {tensors} | " + " | ".join(vals) + " |")
     if cuda:
-        out += ["| critic | tensors | method | kernels / call | launch API calls / call "
-                "| memcpy / call | kernel names |", "|---|--:|---|--:|--:|--:|---|"]
-        for r in launches["rows"]:
-            out.append(f"| {r['shape']} | {r['tensors']} | {r['method']} | {r['kernels_per_call']:g} "
-                       f"| {r['launch_calls_per_call']:g} | {r['memcpy_per_call']:g} "
-                       f"| {', '.join(r['kernel_names'][:3])}{' ...' if len(r['kernel_names']) > 3 else ''} |")
-    else:
-        out += ["| critic | tensors | method | top-level ops / call | ops |", "|---|--:|---|--:|---|"]
-        for r in launches["rows"]:
-            out.append(f"| {r['shape']} | {r['tensors']} | {r['method']} | {r['ops_per_call']:g} "
-                       f"| {', '.join(r['op_names'][:3])} |")
+        fused = [r for r in launches["rows"] if r["method"].startswith("fused")]
+        names = sorted({n for r in fused for n in r["kernel_names"]})
+        memcpy = sorted({r["memcpy_per_call"] for r in fused})
+        out += ["", f"Fused kernels: {', '.join(names) or '–'}; host-to-device copies of the "
+                f"chunk table per fused call: {', '.join(f'{m:g}' for m in memcpy)}."]
     return out
 
 
-def section(data, rows, device, stat, launches=None, peak=None):
+def section(data, rows, device, stat, launches=None, peak=None, note=None):
     label = "CPU" if device == "cpu" else "GPU"
     out = [f"## {label}", ""] + machine_lines(data, device) + [""]
+    if note:
+        out += [note, ""]
     clip, summary = clip_section(rows, device, stat)
     if not clip:
         return out + [f"No {device} results in this run.", ""]
@@ -308,7 +346,8 @@ def section(data, rows, device, stat, launches=None, peak=None):
     if step:
         out += ["### Critic step", ""] + step + [""]
     if launches:
-        out += ["### Launches", ""] + launches_section(launches) + [""]
+        title = "Launches" if device == "cuda" else "Dispatched ops"
+        out += [f"### {title}", ""] + launches_section(launches) + [""]
     out += ["### Targets", ""]
     out += targets_cpu(summary) if device == "cpu" else targets_gpu(summary, best, launches)
     return out + [""]
@@ -339,7 +378,7 @@ def write(out_path, device, body):
     if "<!-- cpu:begin -->" not in text:
         text = (HEADER + "\n<!-- cpu:begin -->\n## CPU\n\nNot run yet.\n<!-- cpu:end -->\n\n"
                 "<!-- gpu:begin -->\n## GPU\n\nNot run yet.\n<!-- gpu:end -->\n")
-    else:  # keep the sections, refresh the header
+    else:  # refresh the header; keep both sections and anything written after them
         text = HEADER + "\n" + text[text.index("<!-- cpu:begin -->"):]
     block = f"{begin}\n" + "\n".join(body).rstrip() + f"\n{end}"
     text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
@@ -354,6 +393,7 @@ def main(argv=None):
                     "of the device it profiled)")
     ap.add_argument("--stat", default="median", choices=("median", "min", "mean"))
     ap.add_argument("--peak-gbs", type=float, help="override the device's peak HBM GB/s")
+    ap.add_argument("--note", help="a paragraph to print under the section's machine lines")
     ap.add_argument("-o", "--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
     if not args.cpu and not args.gpu:
@@ -364,7 +404,7 @@ def main(argv=None):
             continue
         data, rows = load(path)
         use_launches = launches if launches and launches.get("device_type") == device else None
-        body = section(data, rows, device, args.stat, use_launches, args.peak_gbs)
+        body = section(data, rows, device, args.stat, use_launches, args.peak_gbs, args.note)
         write(args.out, "cpu" if device == "cpu" else "gpu", body)
         print(f"wrote the {device} section of {args.out}", file=sys.stderr)
 

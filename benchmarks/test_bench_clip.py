@@ -11,7 +11,9 @@ One pytest-benchmark group per (device, critic shape, dtype); in each group:
   loop           ``for p in critic.parameters(): p.data.clamp_(lo, hi)`` (torchgan, the paper)
   compiled_loop  ``torch.compile`` of that loop (float32, only the shapes in --bench-compile)
 
-Every round restores the weights drawn uniform in [-2c, 2c] before the timed call (untimed).
+Every round restores the weights drawn uniform in [-2c, 2c] before the timed call (untimed), and
+times one ``limit`` call just before it, so each contender's ratio to the limit is paired per round
+(``extra_info["paired_ratio"]``, the median over rounds).
 """
 
 from __future__ import annotations
@@ -102,19 +104,20 @@ def test_clip(run, dev, shape, dtype, contender, request):
                 tensors=len(params), numel=numel, itemsize=params[0].element_size())
     group = f"clip {dev.type} {shape} {dtype}"
 
+    flat = torch.empty(numel, device=dev, dtype=DTYPES[dtype]).uniform_(2 * LO, 2 * HI)
+    flat_weights = Weights([flat])
+    limit = lambda: flat.clamp_(LO, HI)  # noqa: E731
     if contender == "limit":
-        flat = torch.empty(numel, device=dev, dtype=DTYPES[dtype]).uniform_(2 * LO, 2 * HI)
-        flat_weights = Weights([flat])
-        fn = lambda: flat.clamp_(LO, HI)  # noqa: E731
-        run(fn, dev=dev, setup=flat_weights.restore, group=group, backend="aten clamp_", **info)
+        run(limit, dev=dev, setup=flat_weights.restore, group=group, backend="aten clamp_", **info)
         if dev.type == "cuda":
-            run.device_time(fn)
+            run.device_time(limit)
             src = torch.empty_like(flat)
             run.device_time(lambda: flat.copy_(src), key="copy_device_us")
         return
 
     fn, backend = make(contender, critic, params, dev, dtype, request)
-    run(fn, dev=dev, setup=weights.restore, group=group, backend=backend, **info)
+    run(fn, dev=dev, setup=weights.restore, group=group, backend=backend,
+        ref=(limit, flat_weights.restore), **info)
     if dev.type == "cuda":
         run.device_time(fn)
     for p in params:  # the contender really clipped (the next group member restores them)

@@ -8,11 +8,16 @@ One group per (device, critic shape), float32. Contenders differ only in the cli
   fused_plan     ``FusedClipper(critic, c, backend=<device>)()``, if the package has it
 
 The weights evolve as in training (no restore between rounds): RMSprop(lr=5e-5) moves a few of
-them out of [-c, c] each step and the clip brings them back. Batch: the paper's m = 64 on CUDA,
+them out of [-c, c] each step and the clip brings them back. The clip call is also timed inside
+each step (host time: on CUDA that is its launch cost, the kernels run asynchronously), giving
+``extra_info["clip_share"]``, the median over rounds of clip time / step time. Batch: the paper's m = 64 on CUDA,
 16 on CPU (a DCGAN step at 64 takes seconds on 2 cores).
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import pytest
 import torch
@@ -57,16 +62,27 @@ def test_critic_step(run, dev, shape, clip):
     real = torch.randn(batch, *input_shape(shape, dev), device=dev, generator=gen)
     fake = torch.randn(batch, *input_shape(shape, dev), device=dev, generator=gen)
 
+    clip_times: list = []
+
     def step():
         opt.zero_grad(set_to_none=True)
         loss = critic(fake).mean() - critic(real).mean()  # the critic maximises real - fake
         loss.backward()
         opt.step()
+        t0 = time.perf_counter()
         clip_fn()
+        clip_times.append(time.perf_counter() - t0)
 
     params = list(critic.parameters())
-    run(step, dev=dev, group=f"step {dev.type} {shape} float32", min_rounds=5, kind="step",
+    run(step, dev=dev, group=f"step {dev.type} {shape} float32", min_rounds=15, kind="step",
         device=dev.type, shape=shape, dtype="float32", contender=clip, batch=batch,
         tensors=len(params), numel=sum(p.numel() for p in params), backend=backend)
+    rounds = run.round_times()
+    if rounds:  # the clip's share of each timed step, paired per round
+        shares = [c / r for c, r in zip(clip_times[-len(rounds):], rounds)]
+        run.benchmark.extra_info.update(
+            clip_share=statistics.median(shares),
+            clip_us=statistics.median(clip_times[-len(rounds):]) * 1e6,
+        )
     if clip != "none":
         assert all(torch.equal(p, p.clamp(LO, HI)) for p in params)
