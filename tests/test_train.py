@@ -1,0 +1,262 @@
+"""The training run: Algorithm 1 through torchgan matches the hand-written reference bit for bit,
+counts, outputs, interruption and resume (bit for bit on CPU), and checkpoint errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from wgan_ext import data as D
+from wgan_ext import train as T
+
+TINY = dict(hidden=16, eval_samples=64, log_every=10, iterations=30)
+
+
+def _cfg(tmp_path, name="run", **kw) -> T.TrainConfig:
+    args = {**TINY, **kw}
+    return T.TrainConfig(out=str(tmp_path / name), **args)
+
+
+def _load(path):
+    return torch.load(os.path.join(path, T.CHECKPOINT_NAME), weights_only=True)
+
+
+def _rows(path):
+    with open(os.path.join(path, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- the yardstick
+
+
+def test_torchgan_run_equals_hand_written_algorithm1(tmp_path) -> None:
+    """Our torchgan Trainer run and wgan_ext.reference.algorithm1 (plain PyTorch, clamp_) end with
+    the same generator, bit for bit, from the same initial weights, data and RNG state."""
+    from wgan_ext.networks import MLPCritic, MLPGenerator
+    from wgan_ext.reference import algorithm1
+
+    cfg = T.resolve_config(_cfg(tmp_path, iterations=12, log_every=4), D.make_source("8gaussians"))
+    source = D.make_source(cfg.dataset)
+    os.makedirs(cfg.out)
+    run = T._Run(cfg, source, cfg.out, progress=False, quiet=True, on_batch=None)
+    g0 = {k: v.clone() for k, v in run.trainer.generator.state_dict().items()}
+    c0 = {k: v.clone() for k, v in run.trainer.discriminator.state_dict().items()}
+    rng0 = torch.get_rng_state()
+    assert run.train() is False
+
+    G = MLPGenerator(encoding_dims=cfg.encoding_dims, out_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
+    C = MLPCritic(in_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
+    G.load_state_dict(g0)
+    C.load_state_dict(c0)
+    torch.set_rng_state(rng0)
+    stream = D.BatchStream(source, cfg.batch_size, cfg.seed)
+    res = algorithm1(G, C, lambda: stream.take(1)[0], lambda m: torch.randn(m, cfg.encoding_dims),
+                     n_gen_iters=12, n_critic=5, lr=cfg.lr, c=0.01)
+    assert res.generator_updates == 12 and res.critic_updates == 60
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, run.trainer.generator.state_dict()[k]), k
+    # the Trainer's batch that brought the 12th generator update also ran the next critic update
+    assert run.critic_loss.critic_updates == 61 and run.stream.position == 61
+
+
+# ----------------------------------------------------------------------------- counts and outputs
+
+
+def test_run_writes_the_run_folder(tmp_path) -> None:
+    res = T.run(_cfg(tmp_path), progress=False, quiet=True)
+    out = res.out
+    for name in ("config.json", "metrics.csv", "summary.json", "curves.png", T.CHECKPOINT_NAME):
+        assert os.path.isfile(os.path.join(out, name)), name
+    pngs = sorted(os.listdir(os.path.join(out, "samples")))
+    assert pngs == ["step_000010.png", "step_000020.png", "step_000030.png"]
+    rows = _rows(out)
+    assert [int(r["gen_iter"]) for r in rows] == [10, 20, 30]
+    # Algorithm 1 with n_critic = 5: 5 critic updates before each generator update (+1, see above)
+    assert [int(r["critic_iter"]) for r in rows] == [51, 101, 151]
+    for r in rows:
+        assert 0 <= int(r["modes"]) <= 8 and r["modes_total"] == "8"
+        assert float(r["w1"]) > 0 and math.isfinite(float(r["critic_w"]))
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["loss"], cfg["c"], cfg["n_critic"], cfg["optimizer"], cfg["batch_size"]) == ("clip", 0.01, 5, "rmsprop", 64)
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["generator_iterations"] == 30 and summary["interrupted"] is False
+    assert summary["final"]["w1"] == pytest.approx(float(rows[-1]["w1"]))
+    assert -1 <= summary["spearman_critic_w1"] <= 1
+    # every critic weight is inside [-c, c] at the end (clipped after each update)
+    ck = _load(out)
+    assert max(v.abs().max().item() for v in ck["models"]["discriminator"].values()) <= 0.01
+    from PIL import Image
+
+    with Image.open(os.path.join(out, "curves.png")) as im:
+        assert im.size[0] > 200 and im.size[1] > 200
+
+
+def test_exact_w1_in_metrics_is_recomputable(tmp_path) -> None:
+    """The logged W1 is the exact W1 between G(fixed noise) and the fixed real set."""
+    from wgan_ext import metrics as M
+    from wgan_ext.networks import MLPGenerator
+
+    res = T.run(_cfg(tmp_path, iterations=10), progress=False, quiet=True)
+    cfg = T.TrainConfig(**json.load(open(os.path.join(res.out, "config.json"))))
+    G = MLPGenerator(encoding_dims=cfg.encoding_dims, out_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
+    G.load_state_dict(_load(res.out)["models"]["generator"])
+    real = D.eval_real(D.make_source("8gaussians"), cfg.eval_samples, cfg.seed)
+    z = torch.randn(len(real), cfg.encoding_dims, generator=torch.Generator().manual_seed(cfg.seed + 0x5EED))
+    with torch.no_grad():
+        w1 = M.exact_w1(G(z), real)
+    assert float(_rows(res.out)[-1]["w1"]) == pytest.approx(w1, rel=1e-9)
+
+
+def test_paper_schedule_runs_100_critic_updates_first(tmp_path) -> None:
+    res = T.run(_cfg(tmp_path, iterations=3, log_every=1, schedule="paper"), progress=False, quiet=True)
+    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [101, 201, 301]
+
+
+@pytest.mark.parametrize("loss", ["gp", "hinge"])
+def test_other_losses(tmp_path, loss) -> None:
+    res = T.run(_cfg(tmp_path, loss=loss, iterations=4, log_every=2), progress=False, quiet=True)
+    ck = _load(res.out)
+    biggest = max(v.abs().max().item() for v in ck["models"]["discriminator"].values())
+    if loss == "gp":  # no clipping: the default init (|w| up to 1/sqrt(16)) stays outside [-0.01, 0.01]
+        assert biggest > 0.01
+        assert ck["config"]["optimizer"] == "adam"
+    else:  # hinge clips like seed 001
+        assert biggest <= 0.01
+    assert [int(r["gen_iter"]) for r in _rows(res.out)] == [2, 4]
+
+
+def test_digits_run_writes_image_grids(tmp_path) -> None:
+    from PIL import Image
+
+    res = T.run(_cfg(tmp_path, dataset="digits", iterations=2, log_every=2, batch_size=16), progress=False, quiet=True)
+    with Image.open(os.path.join(res.out, "samples", "step_000002.png")) as im:
+        # 64 samples of 8x8 upscaled 4x to 32x32, 8 per row with 2-pixel padding
+        assert im.size == (8 * 34 + 2, 8 * 34 + 2)
+    row = _rows(res.out)[-1]
+    assert row["modes"] == "" and float(row["w1"]) > 0  # pixel-space W1, no modes on images
+
+
+# ----------------------------------------------------------------------------- interrupt and resume
+
+
+def _tensors_equal(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _tensors_equal(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
+
+
+@pytest.mark.parametrize("stop_at", [73, 51])  # mid-period, and on the batch that ends a period
+def test_ctrl_c_then_resume_is_bit_identical(tmp_path, stop_at) -> None:
+    full = T.run(_cfg(tmp_path, "full"), progress=False, quiet=True)
+
+    def ctrl_c(run) -> None:
+        if run.stream.position == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the run's handler
+
+    cut = T.run(_cfg(tmp_path, "cut"), progress=False, quiet=True, on_batch=ctrl_c)
+    assert cut.interrupted
+    saved = _load(cut.out)
+    assert saved["stream_position"] == stop_at
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    resumed = T.run(T.TrainConfig(out=cut.out), resume=True, progress=False, quiet=True)
+    assert not resumed.interrupted
+    a, b = _load(full.out), _load(cut.out)
+    for key in ("models", "optimizers", "losses", "loss_information", "rng", "stream_position", "next_period"):
+        _tensors_equal(a[key], b[key], key)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    _tensors_equal(strip(a["history"]), strip(b["history"]), "history")
+    assert [r["gen_iter"] for r in _rows(cut.out)] == ["10", "20", "30"]
+
+
+def test_resume_can_extend_a_finished_run(tmp_path) -> None:
+    T.run(_cfg(tmp_path, "long", iterations=20), progress=False, quiet=True)
+    short = T.run(_cfg(tmp_path, "short", iterations=10), progress=False, quiet=True)
+    T.run(T.TrainConfig(out=short.out), resume=True, explicit={"iterations": 20}, progress=False, quiet=True)
+    _tensors_equal(_load(os.path.join(tmp_path, "long"))["models"], _load(short.out)["models"], "models")
+
+
+def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path) -> None:
+    res = T.run(_cfg(tmp_path, iterations=2, log_every=2), progress=False, quiet=True)
+    ck_path = os.path.join(res.out, T.CHECKPOINT_NAME)
+    with pytest.raises(T.TrainError, match="differs from the checkpoint"):
+        T.run(T.TrainConfig(out=res.out), resume=True, explicit={"lr": 1e-3})
+
+    # a checkpoint whose networks do not match its config
+    ck = torch.load(ck_path, weights_only=True)
+    ck["config"]["hidden"] = 32
+    torch.save(ck, ck_path)
+    with pytest.raises(T.TrainError, match="does not fit"):
+        T.run(T.TrainConfig(out=res.out), resume=True)
+
+    torch.save({"epoch": 3}, ck_path)  # e.g. a torchgan checkpoint
+    with pytest.raises(T.TrainError, match="not a wgan-ext"):
+        T.run(T.TrainConfig(out=res.out), resume=True)
+
+    with open(ck_path, "wb") as f:
+        f.write(b"\x00garbage")
+    before = os.listdir(res.out)
+    with pytest.raises(T.TrainError, match="corrupt"):
+        T.run(T.TrainConfig(out=res.out), resume=True)
+    assert os.listdir(res.out) == before and open(ck_path, "rb").read() == b"\x00garbage"
+
+
+def test_atomic_checkpoint_leaves_old_file_on_failure(tmp_path) -> None:
+    path = str(tmp_path / "ck.pt")
+    T.save_checkpoint(path, {"a": torch.ones(2)})
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        T.save_checkpoint(path, {"a": Boom()})
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["ck.pt"]  # no temp file left behind
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_defaults_are_algorithm1_with_the_toy_lr() -> None:
+    cfg = T.resolve_config(T.TrainConfig())
+    assert (cfg.dataset, cfg.loss, cfg.c, cfg.n_critic, cfg.batch_size, cfg.optimizer) == ("8gaussians", "clip", 0.01, 5, 64, "rmsprop")
+    assert (cfg.lr, cfg.iterations) == (T.TOY_DEFAULTS["lr"], T.TOY_DEFAULTS["iterations"])
+    images = T.resolve_config(T.TrainConfig(dataset="mnist"))
+    assert (images.lr, images.arch, images.image_size) == (5e-5, "dcgan", 32)
+    gp = T.resolve_config(T.TrainConfig(loss="gp"))
+    assert (gp.c, gp.optimizer, gp.lr) == (None, "adam", 1e-4)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"c": 0.0}, "c must be > 0"),
+    ({"c": -0.01}, "c must be > 0"),
+    ({"loss": "wgan"}, "unknown loss"),
+    ({"dataset": "imagenet"}, "unknown dataset"),
+    ({"epochs": 2}, "use --iterations"),
+    ({"dataset": "digits", "arch": "dcgan"}, "power of 2"),
+])
+def test_bad_config(kw, msg) -> None:
+    with pytest.raises(T.TrainError, match=msg):
+        T.resolve_config(T.TrainConfig(**kw))
+
+
+def test_epochs_convert_to_generator_iterations() -> None:
+    src = D.make_source("digits")
+    cfg = T.resolve_config(T.TrainConfig(dataset="digits", epochs=5), src)
+    assert cfg.iterations == math.ceil(5 * (1797 // 64) / 5)

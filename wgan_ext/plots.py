@@ -1,0 +1,176 @@
+"""PNG figures for a run: 2-D scatter over the critic's contour, image grids, training curves.
+
+Every figure is written to a temporary file beside its target and moved into place with
+``os.replace``, so an interrupted run never leaves a half-written PNG over a good one.
+matplotlib runs on the non-interactive ``Agg`` backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+__all__ = ["atomic_path", "plot_toy", "save_image_grid", "plot_curves"]
+
+
+class atomic_path:
+    """Context manager yielding a temp path in the target's folder; on success it replaces the target.
+
+    >>> with atomic_path("out.png") as tmp:   # doctest: +SKIP
+    ...     fig.savefig(tmp)
+    """
+
+    def __init__(self, path: str, suffix: str = "") -> None:
+        self.path = os.fspath(path)
+        self.suffix = suffix or os.path.splitext(self.path)[1]
+        self.tmp: Optional[str] = None
+
+    def __enter__(self) -> str:
+        d = os.path.dirname(os.path.abspath(self.path))
+        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=self.suffix, dir=d)
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_toy(
+    path: str,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    critic: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    *,
+    title: str = "",
+    lim: float = 2.0,
+    modes: Optional[torch.Tensor] = None,
+    mode_radius: Optional[float] = None,
+) -> None:
+    """Scatter real (``(n, 2)``) and generated points over the critic's contour; save a PNG.
+
+    ``modes`` / ``mode_radius`` draw a circle around each mode of a mixture (the region in which a
+    generated point counts towards covering that mode).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=80)
+    try:
+        if critic is not None:
+            n = 121
+            g = torch.linspace(-lim, lim, n)
+            xx, yy = torch.meshgrid(g, g, indexing="xy")
+            grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+            with torch.no_grad():
+                zz = critic(grid).reshape(n, n).double()
+            # The clipped critic's values are tiny (|f| ~ 1e-3); standardise so the colours show shape.
+            zz = (zz - zz.mean()) / (zz.std() + 1e-30)
+            cs = ax.contourf(xx.numpy(), yy.numpy(), zz.numpy(), levels=20, cmap="coolwarm", alpha=0.55)
+            cbar = fig.colorbar(cs, ax=ax, fraction=0.046, pad=0.04)
+            cbar.set_label("critic f(x), standardised (high = looks real)")
+        r, f = real.detach().cpu(), fake.detach().cpu()
+        ax.scatter(r[:, 0], r[:, 1], s=10, c="tab:orange", label="real", alpha=0.8, linewidths=0)
+        ax.scatter(f[:, 0], f[:, 1], s=5, c="tab:green", label="generated", alpha=0.7, linewidths=0)
+        if modes is not None and mode_radius is not None:
+            # The circles are the "covered" test of wgan_ext.metrics.mode_coverage.
+            from matplotlib.patches import Circle
+
+            for i, (mx, my) in enumerate(modes.tolist()):
+                ax.add_patch(Circle((mx, my), mode_radius, fill=False, ec="k", lw=0.6,
+                                    label="mode radius" if i == 0 else None))
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right", fontsize=7, markerscale=2)
+        if title:
+            ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def save_image_grid(path: str, images: torch.Tensor, nrow: int = 8) -> None:
+    """Save a grid of images in ``[-1, 1]`` (``(n, c, h, w)``) as a PNG.
+
+    Small images (8x8 digits) are upscaled with nearest-neighbour so the grid is viewable.
+    """
+    import torchvision.utils as vutils
+
+    x = images.detach().cpu().float().clamp(-1, 1)
+    scale = max(1, 32 // x.shape[-1])
+    if scale > 1:
+        x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    grid = vutils.make_grid(x, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2, pad_value=1.0)
+    with atomic_path(path) as tmp:
+        vutils.save_image(grid, tmp, format="png")
+
+
+def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = "") -> None:
+    """Training curves against generator iterations: the critic's W estimate, the generator loss
+    and, when the rows have it, exact W1 (with its sample floor) and modes covered."""
+    plt = _pyplot()
+    its = [r["gen_iter"] for r in rows]
+
+    def col(k: str) -> list[float]:
+        return [float(r.get(k, math.nan)) if r.get(k) not in (None, "") else math.nan for r in rows]
+
+    has_w1 = any(math.isfinite(v) for v in col("w1"))
+    n_panels = 3 if has_w1 else 2
+    fig, axes = plt.subplots(n_panels, 1, figsize=(6, 2.2 * n_panels), dpi=80, sharex=True)
+    try:
+        ax = axes[0]
+        ax.plot(its, col("critic_w"), label="critic estimate, training batches", color="tab:blue")
+        if any(math.isfinite(v) for v in col("critic_w_eval")):
+            ax.plot(its, col("critic_w_eval"), label="critic estimate, fixed eval set", color="tab:cyan", ls="--")
+        ax.set_ylabel("E f(real) - E f(fake)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax = axes[1]
+        ax.plot(its, col("gen_loss"), color="tab:red", label="generator loss -E f(G(z))")
+        ax.set_ylabel("generator loss")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        if has_w1:
+            ax = axes[2]
+            ax.plot(its, col("w1"), color="k", label="exact W1(generated, real)")
+            floor = col("w1_floor")
+            if any(math.isfinite(v) for v in floor):
+                ax.axhline(floor[-1], color="gray", ls=":", label="W1 floor (real vs real)")
+            ax.set_ylabel("exact W1")
+            ax.grid(alpha=0.3)
+            modes = col("modes")
+            if any(math.isfinite(v) for v in modes):
+                ax2 = ax.twinx()
+                ax2.step(its, modes, color="tab:purple", where="post", alpha=0.6, label="modes covered")
+                ax2.set_ylabel("modes covered", color="tab:purple")
+                ax2.set_ylim(bottom=0)
+                h1, l1 = ax.get_legend_handles_labels()
+                h2, l2 = ax2.get_legend_handles_labels()
+                ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
+            else:
+                ax.legend(fontsize=7)
+        axes[-1].set_xlabel("generator iterations")
+        if title:
+            axes[0].set_title(title, fontsize=9)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
