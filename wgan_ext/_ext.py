@@ -81,7 +81,18 @@ def _register_fake() -> None:
     _register_fake.done = True
 
 
+def _default_cuda_home() -> None:
+    # As in setup.py: torch guesses CUDA_HOME from the first `nvcc` on PATH (e.g. /usr/local),
+    # which has no lib64/libcudart; prefer the toolkit's own folder. Must run before
+    # torch.utils.cpp_extension is first imported, since it reads CUDA_HOME at import.
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.isfile(
+        "/usr/local/cuda/lib64/libcudart.so"
+    ):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
 def _jit(name: str, sources: list, cuda: bool) -> None:
+    _default_cuda_home()
     from torch.utils import cpp_extension
 
     flags = ["-O3"]  # cpp_extension adds the -std its headers need
@@ -132,6 +143,7 @@ def _load(name: str) -> BackendStatus:
         st.reason = "; ".join(st.attempts + ["kernel sources (csrc/) not found for a JIT build"])
         return st
     if name == "cuda":
+        _default_cuda_home()
         from torch.utils import cpp_extension
 
         if cpp_extension.CUDA_HOME is None:
