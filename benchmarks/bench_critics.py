@@ -11,6 +11,7 @@ with weight clipping). The benchmarks restore that state before every timed call
 | mlp3x512   | the WGAN paper's MLP critic: 64*64*3 -> 3 x 512 -> 1            |       8 | 6.82 M           |
 | small800   | 200 residual blocks x + LeakyReLU(Linear(LayerNorm(x))), d = 64 |     800 | 0.86 M           |
 | large      | Linear(d, d) stack: 6 x 4096 on CUDA, 10 x 1024 on CPU          |  12 / 20 | 100.7 M / 10.5 M |
+| tiny800    | 800 one-element parameters: no clamp work, only per-tensor cost |     800 | 800              |
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import nn
 C = 0.01  # the paper's clip value (Algorithm 1 default)
 LO, HI = -C, C
 
-SHAPES = ("dcgan64", "mlp3x512", "small800", "large")
+CRITICS = ("dcgan64", "mlp3x512", "small800", "large")
+SHAPES = CRITICS + ("tiny800",)  # tiny800: a probe of per-tensor overhead, not a critic
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 IMAGE = (3, 64, 64)
 
@@ -102,6 +104,8 @@ def _construct(name: str, device: torch.device) -> nn.Module:
     elif name == "large":
         d, layers = _large_dims(device)
         critic = DeepMLPCritic(layers=layers, d=d)
+    elif name == "tiny800":
+        critic = nn.ParameterList(nn.Parameter(torch.empty(1)) for _ in range(800))
     else:
         raise ValueError(f"unknown critic shape {name!r}; known: {SHAPES}")
     return critic

@@ -22,13 +22,15 @@ DEFAULT_OUT = HERE / "RESULTS.md"
 CLIP_COLS = ("limit", "fused_op", "fused_plan", "fused_module", "fallback", "foreach", "loop",
              "compiled_loop")
 STEP_COLS = ("none", "loop", "fused_module", "fused_plan")
-SHAPE_ORDER = ("dcgan64", "mlp3x512", "small800", "large")
+SHAPE_ORDER = ("dcgan64", "mlp3x512", "small800", "large", "tiny800")
 SHAPE_NOTES = {
     "dcgan64": "torchgan DCGANDiscriminator(in_size=64)",
     "mlp3x512": "paper MLP critic, 64*64*3 -> 3 x 512 -> 1",
     "small800": "200 residual LayerNorm+Linear(64) blocks",
     "large": "Linear(d, d) stack (6 x 4096 on CUDA, 10 x 1024 on CPU)",
+    "tiny800": "800 one-element parameters (not a critic: per-tensor overhead alone)",
 }
+PROBES = ("tiny800",)  # not critics: left out of the targets
 # HBM bandwidth, GB/s: (spec sheet, what a device-to-device copy reaches in practice).
 PEAKS = (
     ("H200", 4800.0, 4300.0),
@@ -128,7 +130,9 @@ def clip_section(rows, device, stat):
             "|---|---|--:|--:|" + "--:|" * len(CLIP_COLS)]
     for shape, dtype in keys:
         any_row = next(r for k, r in rows.items() if k[:4] == ("clip", device, shape, dtype))
-        out.append(f"| {shape} | {dtype} | {any_row['tensors']} | {any_row['numel'] / 1e6:.2f} M | "
+        n = any_row["numel"]
+        params = f"{n / 1e6:.2f} M" if n >= 10_000 else str(n)
+        out.append(f"| {shape} | {dtype} | {any_row['tensors']} | {params} | "
                    + " | ".join(fmt_t(t(shape, dtype, c)) for c in CLIP_COLS) + " |")
     out += ["", "Ratios, paired per round: every timed round of a contender follows one timed call "
             "of `limit` on the same bytes, and x/limit is the median over rounds of the pair's "
@@ -246,6 +250,7 @@ def step_section(rows, device, stat):
 
 def targets_cpu(summary):
     out = ["Targets (from the issue; measured here, not asserted in tests):", ""]
+    summary = {sd: r for sd, r in summary.items() if sd[0] not in PROBES}
     for label, key in (("fused_clip_(critic, c)", "module/limit"), ("FusedClipper()", "plan/limit"),
                        ("op on a prepared list", "op/limit")):
         vals = {sd: r[key] for sd, r in summary.items() if r[key] is not None}
@@ -271,6 +276,7 @@ def targets_cpu(summary):
 
 def targets_gpu(summary, best, launches):
     out = ["Targets (from the issue; measured here, not asserted in tests):", ""]
+    summary = {sd: r for sd, r in summary.items() if sd[0] not in PROBES}
     if launches:
         fused = [r for r in launches["rows"] if r["method"] in ("fused_module", "fused_op", "fused_plan")]
         counts = sorted({r["kernels_per_call"] for r in fused})
@@ -377,7 +383,10 @@ def write(out_path, device, body):
     text = Path(out_path).read_text() if Path(out_path).exists() else ""
     if "<!-- cpu:begin -->" not in text:
         text = (HEADER + "\n<!-- cpu:begin -->\n## CPU\n\nNot run yet.\n<!-- cpu:end -->\n\n"
-                "<!-- gpu:begin -->\n## GPU\n\nNot run yet.\n<!-- gpu:end -->\n")
+                "<!-- gpu:begin -->\n## GPU\n\nNot run yet: `python -m pytest benchmarks "
+                "--bench-devices=cuda --benchmark-json=gpu.json`, `python benchmarks/"
+                "profile_launches.py --device cuda --json launches.json`, then `python benchmarks/"
+                "make_results.py --gpu gpu.json --launches launches.json`.\n<!-- gpu:end -->\n")
     else:  # refresh the header; keep both sections and anything written after them
         text = HEADER + "\n" + text[text.index("<!-- cpu:begin -->"):]
     block = f"{begin}\n" + "\n".join(body).rstrip() + f"\n{end}"

@@ -35,7 +35,10 @@ def critic_for(device, shape, dtype):
     key = (device, shape, dtype)
     if key not in _cache:
         _cache.clear()
-        critic = build(shape, device, DTYPES[dtype])
+        try:
+            critic = build(shape, device, DTYPES[dtype])
+        except ImportError as e:  # dcgan64 needs torchgan
+            pytest.skip(f"critic {shape} unavailable: {e}")
         _cache[key] = (critic, Weights(critic.parameters()))
     return _cache[key]
 
@@ -97,6 +100,8 @@ def make(contender, critic, params, dev, dtype, request):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_clip(run, dev, shape, dtype, contender, request):
+    if shape == "tiny800" and (dtype != "float32" or contender == "compiled_loop"):
+        pytest.skip("tiny800 (per-tensor overhead probe) runs float32 and no torch.compile")
     critic, weights = critic_for(dev, shape, dtype)
     params = list(critic.parameters())
     numel = sum(p.numel() for p in params)

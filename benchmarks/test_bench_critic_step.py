@@ -22,7 +22,7 @@ import time
 import pytest
 import torch
 
-from bench_critics import SHAPES, C, HI, LO, build, input_shape
+from bench_critics import CRITICS, C, HI, LO, build, input_shape
 from bench_harness import require_kernel
 
 CLIPS = ("none", "loop", "fused_module", "fused_plan")
@@ -52,9 +52,12 @@ def make_clip(clip, critic, dev):
 
 
 @pytest.mark.parametrize("clip", CLIPS)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", CRITICS)
 def test_critic_step(run, dev, shape, clip):
-    critic = build(shape, dev, torch.float32)
+    try:
+        critic = build(shape, dev, torch.float32)
+    except ImportError as e:  # dcgan64 needs torchgan
+        pytest.skip(f"critic {shape} unavailable: {e}")
     clip_fn, backend = make_clip(clip, critic, dev)
     opt = torch.optim.RMSprop(critic.parameters(), lr=5e-5)
     batch = BATCH[dev.type]
