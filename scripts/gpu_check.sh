@@ -24,10 +24,10 @@ fi
 export TORCH_CUDA_ARCH_LIST MAX_JOBS=${MAX_JOBS:-16} WGAN_EXT_CUDA=1
 step build 300 $PY setup.py build_ext --inplace
 step info 60 $PY -m wgan_ext.info
-step tests 240 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs -k "not two_devices"
+step tests ${TESTS_LIMIT:-240} $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs -k "not two_devices"
 step tests_mixed 60 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -k "two_devices"
 step launches 120 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
 if [ "${1:-}" != "--quick" ]; then
   step bench ${BENCH_LIMIT:-300} $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
-    --bench-compile=${BENCH_COMPILE:-none} --benchmark-json="$OUT/bench_gpu.json"
+    --bench-compile=${BENCH_COMPILE:-none} --benchmark-json="$OUT/bench_gpu.json" ${BENCH_ARGS:-}
 fi
