@@ -74,12 +74,13 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
     for name in ("config.json", "metrics.csv", "summary.json", "curves.png", T.CHECKPOINT_NAME):
         assert os.path.isfile(os.path.join(out, name)), name
     pngs = sorted(os.listdir(os.path.join(out, "samples")))
-    assert pngs == ["step_000010.png", "step_000020.png", "step_000030.png"]
+    assert pngs == ["step_000000.png", "step_000010.png", "step_000020.png", "step_000030.png"]
     rows = _rows(out)
-    assert [int(r["gen_iter"]) for r in rows] == [10, 20, 30]
+    assert [int(r["gen_iter"]) for r in rows] == [0, 10, 20, 30]  # 0: the untrained generator
     # Algorithm 1 with n_critic = 5: 5 critic updates before each generator update (+1, see above)
-    assert [int(r["critic_iter"]) for r in rows] == [51, 101, 151]
-    for r in rows:
+    assert [int(r["critic_iter"]) for r in rows] == [0, 51, 101, 151]
+    assert rows[0]["critic_w"] == ""  # no critic update yet
+    for r in rows[1:]:
         assert 0 <= int(r["modes"]) <= 8 and r["modes_total"] == "8"
         assert float(r["w1"]) > 0 and math.isfinite(float(r["critic_w"]))
     cfg = json.load(open(os.path.join(out, "config.json")))
@@ -115,7 +116,7 @@ def test_exact_w1_in_metrics_is_recomputable(tmp_path) -> None:
 
 def test_paper_schedule_runs_100_critic_updates_first(tmp_path) -> None:
     res = T.run(_cfg(tmp_path, iterations=3, log_every=1, schedule="paper"), progress=False, quiet=True)
-    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [101, 201, 301]
+    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [0, 101, 201, 301]
 
 
 @pytest.mark.parametrize("loss", ["gp", "hinge"])
@@ -128,7 +129,7 @@ def test_other_losses(tmp_path, loss) -> None:
         assert ck["config"]["optimizer"] == "adam"
     else:  # hinge clips like seed 001
         assert biggest <= 0.01
-    assert [int(r["gen_iter"]) for r in _rows(res.out)] == [2, 4]
+    assert [int(r["gen_iter"]) for r in _rows(res.out)] == [0, 2, 4]
 
 
 def test_digits_run_writes_image_grids(tmp_path) -> None:
@@ -181,7 +182,7 @@ def test_ctrl_c_then_resume_is_bit_identical(tmp_path, stop_at) -> None:
         _tensors_equal(a[key], b[key], key)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
     _tensors_equal(strip(a["history"]), strip(b["history"]), "history")
-    assert [r["gen_iter"] for r in _rows(cut.out)] == ["10", "20", "30"]
+    assert [r["gen_iter"] for r in _rows(cut.out)] == ["0", "10", "20", "30"]
 
 
 def test_resume_can_extend_a_finished_run(tmp_path) -> None:

@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--paper-schedule", dest="schedule", action="store_const", const="paper", default=S,
                    help="same as --schedule paper")
     a.add_argument("--lr", type=_float, default=S,
-                   help=f"learning rate. Default {TOY_DEFAULTS['lr']:g} on the 2-D toys: the paper's 5e-5 is "
-                        "kept for images, but on 8 gaussians it needs ~4x the iterations to reach the same W1 "
-                        "(measured), too slow for a first run; 1e-4 for gp (Adam)")
+                   help=f"learning rate. Default {TOY_DEFAULTS['lr']:g} on the 2-D toys, 5e-5 (the paper's) "
+                        "otherwise, 1e-4 for gp (Adam). Why not 5e-5 on the toys: on 8 gaussians it needs about "
+                        "3x the iterations to reach the same exact W1 (measured), too slow for a first run; "
+                        "the rest of Algorithm 1 (RMSProp, c, n_critic, m) is unchanged")
     a.add_argument("--optimizer", choices=OPTIMIZERS, default=S,
                    help="rmsprop (paper) or adam (betas 0.5, 0.9; the default for gp)")
     a.add_argument("--gp-lambda", type=_float, default=S, help="gradient-penalty weight for --loss gp (default 10)")
@@ -99,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_float, default=S,
                    help="passes over a finite dataset instead (converted to generator iterations)")
     r.add_argument("--log-every", type=_positive_int, default=S,
-                   help="evaluate, plot and checkpoint every N generator iterations (default 100 on toys, 200 otherwise)")
+                   help=f"evaluate, plot and checkpoint every N generator iterations (default {TOY_DEFAULTS['log_every']} "
+                        "on toys, 200 otherwise)")
     m = t.add_argument_group("model")
     m.add_argument("--arch", choices=("mlp", "dcgan"), default=S, help="mlp (toys, digits) or dcgan (image files)")
-    m.add_argument("--hidden", type=_positive_int, default=S, help="MLP units per layer (default 256 on toys, 512 otherwise)")
+    m.add_argument("--hidden", type=_positive_int, default=S, help=f"MLP units per layer (default {TOY_DEFAULTS['hidden']} on toys, 512 (the paper's) otherwise)")
     m.add_argument("--encoding-dims", type=_positive_int, default=S, help="noise dimension (default 2 on toys, 100 otherwise)")
     o = t.add_argument_group("run")
     o.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
@@ -140,8 +142,10 @@ def _report(summary: Dict[str, Any]) -> None:
     if f.get("modes") is not None:
         print(f"  modes covered: {f['modes']}/{f['modes_total']} "
               f"({100 * f['high_quality']:.0f}% of samples within 3 std of a mode)")
-    if summary.get("spearman_critic_w1") is not None:
-        print(f"  Spearman(critic estimate, exact W1) over the run: {summary['spearman_critic_w1']:.2f}")
+    if f.get("w1") is not None:
+        rho = summary.get("spearman_critic_w1")
+        print(f"  Spearman(critic estimate, exact W1) over the run: "
+              f"{'n/a (needs 3+ evaluations that vary)' if rho is None else format(rho, '.2f')}")
     out = summary["out"]
     print(f"  run folder: {out} (curves.png, samples/, metrics.csv, summary.json, checkpoint.pt)")
 
@@ -191,7 +195,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "info":  # info parses its own arguments
         return _info(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed): return, don't exit
+        return e.code if isinstance(e.code, int) else 2
     if args.command == "train":
         return _train(args)
     parser.print_help(sys.stderr)
