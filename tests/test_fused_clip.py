@@ -237,7 +237,7 @@ def test_cuda_runs_on_the_current_stream():
     want = x.clone().clamp_(-0.01, 0.01)
     torch.cuda.synchronize()
     with torch.cuda.stream(s):
-        y = x * 1.0  # queued on s
+        y = x.clone()  # queued on s (a copy keeps NaN payloads; arithmetic would not)
         fused_clip_([y], 0.01, backend="cuda")  # must run after the multiply, on s
         z = y.clone()
     s.synchronize()

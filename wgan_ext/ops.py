@@ -89,6 +89,11 @@ def _check_tensors(tensors: Sequence[object]) -> None:
                 f"critic[{i}] has dtype {t.dtype}; fused_clip_ supports "
                 f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
             )
+        if t.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"critic[{i}] is an inference tensor; in-place updates to it are only allowed "
+                "in InferenceMode (as for clamp_)"
+            )
 
 
 def _dedupe(tensors: list) -> list:
@@ -164,26 +169,10 @@ def _clip_list_(tensors: list, lo: float, hi: float, backend: str) -> None:
             _run(group, lo, hi, _choose(device, backend, compiling=True))
         return
 
-    # Fast path: one device with a compiled kernel. The kernel validates every tensor before it
-    # writes any, so the per-tensor Python checks run only to explain a failure.
-    first = tensors[0]
-    kind = first.device.type if isinstance(first, torch.Tensor) else None
-    if kind in _KERNEL_DEVICES and backend in ("auto", kind):
-        if backend == "auto":
-            use_kernel = _ext.available(kind, warn=True)
-        else:
-            _ext.require(kind)
-            use_kernel = True
-        if use_kernel:
-            try:
-                torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)
-                return
-            except (TypeError, ValueError, RuntimeError):
-                _check_tensors(tensors)  # raises the clear error if an element is bad
-                if len({t.device for t in tensors}) == 1:
-                    raise
-                # else several devices: grouped below
-
+    # Every check runs here, in Python, before the op is called: the compiled kernels check too,
+    # but an error thrown inside the extension is the path to avoid (on one GPU machine, a build
+    # with that image's own g++ crashed the process when a kernel raised). FusedClipper pays
+    # for the checks once instead of per call.
     _check_tensors(tensors)
     tensors = _dedupe(tensors)
     plan = [(group, _choose(device, backend, compiling=False))
