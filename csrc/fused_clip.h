@@ -77,6 +77,10 @@ inline void bump_versions(const at::TensorList tensors) {
   }
 }
 
+// The CPU kernel after argument checks and de-duplication (csrc/cpu/fused_clip_kernel.cpp):
+// ClipPlan calls it directly for a list it validated once.
+void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi);
+
 // A tensor whose elements fill one gap-free block of memory (any order) can be clamped as a
 // flat span; anything else (a strided slice) takes ATen's own clamp_.
 inline bool is_flat(const at::Tensor& t) {

@@ -141,7 +141,15 @@ void fused_clip_cpu(at::TensorList all_tensors, double lo, double hi) {
     return;
   }
   const std::vector<at::Tensor> unique = drop_duplicates(all_tensors);
-  const at::TensorList tensors = unique.empty() ? all_tensors : at::TensorList(unique);
+  fused_clip_cpu_checked(unique.empty() ? all_tensors : at::TensorList(unique), lo, hi);
+}
+
+}  // namespace
+
+void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi) {
+  if (tensors.empty()) {
+    return;
+  }
   const TypedBounds bounds = make_bounds(tensors, lo, hi);
 
   std::vector<Span> spans;
@@ -186,8 +194,6 @@ void fused_clip_cpu(at::TensorList all_tensors, double lo, double hi) {
   }
   bump_versions(tensors);
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(wgan_ext, CPU, m) {
   m.impl("fused_clip_", &fused_clip_cpu);
