@@ -479,6 +479,20 @@ def test_fused_clipper_matches_and_refreshes(device, backend):
     assert critic[2].weight.max().item() == pytest.approx(0.03)
 
 
+def test_fused_clipper_follows_data_swaps():
+    # ClipPlan validates its CPU list once and re-checks only device/dtype per call: a
+    # `p.data = ...` that changes the dtype must still be clipped right (through the op).
+    critic = torch.nn.Linear(6, 3)
+    clip = FusedClipper(critic, 0.01, backend="cpu")
+    critic.weight.data = make_values(18, torch.float64, "cpu", 21).view(3, 6)
+    critic.bias.data = make_values(3, torch.float32, "cpu", 22) * 100
+    want_w = critic.weight.detach().clone().clamp_(-0.01, 0.01)
+    want_b = critic.bias.detach().clone().clamp_(-0.01, 0.01)
+    clip()
+    assert_bit_equal(critic.weight.detach(), want_w)
+    assert_bit_equal(critic.bias.detach(), want_b)
+
+
 # ----------------------------------------------------------------------------- torch.compile
 def _rmsprop_and_clip(critic, square_avg, lr, c, alpha=0.99, eps=1e-8):
     # torch.optim.RMSprop's default update written with foreach ops: torch.optim's own step()
