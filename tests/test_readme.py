@@ -1,0 +1,24 @@
+"""Every ```python block of README.md runs as written (in a temporary folder)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # examples write runs/... relative to the working directory
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(BLOCKS[index], f"README.md example {index}", "exec"), namespace)
+    if "print(" in BLOCKS[index]:
+        assert capsys.readouterr().out.strip()  # it printed what it promises to print
