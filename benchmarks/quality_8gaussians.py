@@ -13,7 +13,11 @@ For each seed it runs
   (``RMSprop`` + ``clamp_``) with the same settings: same networks and initial weights (same seed
   and construction order), same lr, c, n_critic, batch size, iterations and data stream; its
   noise draws differ (torchgan's logger draws once at start-up), so it is an independent run of
-  the same algorithm, not a replay.
+  the same algorithm, not a replay; and, for the first seed,
+* **reference, replay**: the same loop after making that one start-up draw too, so it consumes
+  the global RNG exactly as ours does: its generator must end bit-identical to ours (the test
+  ``tests/test_train.py::test_torchgan_run_equals_hand_written_algorithm1`` checks this on a
+  short run), hence the same W1 and modes.
 
 Both are scored identically every ``log_every`` generator iterations: exact W1 between
 ``G(fixed noise)`` and a fixed real set (optimal assignment), modes covered (>= n/(4K) samples
@@ -60,6 +64,8 @@ def run_ours(seed: int, iterations: int, runs_dir: str) -> Dict[str, object]:
         "modes": s["final"]["modes"],
         "high_quality": s["final"]["high_quality"],
         "spearman": s["spearman_critic_w1"],
+        "final_generator": {k: v.clone() for k, v in torch.load(
+            os.path.join(res.out, T.CHECKPOINT_NAME), weights_only=True)["models"]["generator"].items()},
         "spearman_eval": s["spearman_critic_eval_w1"],
         "wall_s": wall,
         "w1_curve": [round(r["w1"], 4) for r in _history(res.out)],
@@ -73,8 +79,9 @@ def _history(out: str) -> List[Dict[str, float]]:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def run_reference(seed: int, iterations: int) -> Dict[str, object]:
-    """Algorithm 1 written out in plain PyTorch, same settings, scored like ours."""
+def run_reference(seed: int, iterations: int, replay: bool = False) -> Dict[str, object]:
+    """Algorithm 1 written out in plain PyTorch, same settings, scored like ours. ``replay``: make
+    the one RNG draw torchgan's logger makes at start-up, so the noise stream is ours."""
     from wgan_ext.networks import MLPCritic, MLPGenerator
     from wgan_ext.reference import algorithm1
 
@@ -87,6 +94,8 @@ def run_reference(seed: int, iterations: int) -> Dict[str, object]:
         torch.manual_seed(cfg.seed)
         G = MLPGenerator(encoding_dims=cfg.encoding_dims, out_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
         C = MLPCritic(in_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
+        if replay:  # torchgan's ImageVisualize samples its test noise: G.sampler(64, device)
+            torch.randn(64, cfg.encoding_dims)
         stream = D.BatchStream(source, cfg.batch_size, cfg.seed)
         real = D.eval_real(source, cfg.eval_samples, cfg.seed)
         z_eval = torch.randn(len(real), cfg.encoding_dims, generator=torch.Generator().manual_seed(cfg.seed + 0x5EED))
@@ -94,22 +103,26 @@ def run_reference(seed: int, iterations: int) -> Dict[str, object]:
         rows: List[Dict[str, float]] = []
         seen = [0]
 
-        def evaluate(g: int, res) -> None:
-            if (g + 1) % cfg.log_every and g + 1 != cfg.iterations:
-                return
-            ws = res.wasserstein[seen[0]:]
-            seen[0] = len(res.wasserstein)
+        def score(gen_iter: int, ws: List[float]) -> None:
             with torch.no_grad():
                 fake = G(z_eval)
             cov = M.mode_coverage(fake, source.modes, radius)
             rows.append({
-                "gen_iter": g + 1,
-                "critic_w": sum(ws) / len(ws),
+                "gen_iter": gen_iter,
+                "critic_w": sum(ws) / len(ws) if ws else math.nan,
                 "critic_w_eval": M.critic_estimate(C, real, fake),
                 "w1": M.exact_w1(fake, real),
                 "modes": cov.covered,
                 "high_quality": cov.high_quality,
             })
+
+        def evaluate(g: int, res) -> None:
+            if (g + 1) % cfg.log_every and g + 1 != cfg.iterations:
+                return
+            score(g + 1, res.wasserstein[seen[0]:])
+            seen[0] = len(res.wasserstein)
+
+        score(0, [])  # the untrained generator, as ours logs it
 
         algorithm1(G, C, lambda: stream.take(1)[0], lambda m: torch.randn(m, cfg.encoding_dims),
                    n_gen_iters=cfg.iterations, n_critic=cfg.n_critic, lr=cfg.lr, c=cfg.c, callback=evaluate)
@@ -119,7 +132,7 @@ def run_reference(seed: int, iterations: int) -> Dict[str, object]:
     other = D.toy_sample("8gaussians", len(real), torch.Generator().manual_seed(cfg.seed + 0xF100))
     last = rows[-1]
     return {
-        "method": "reference Algorithm 1 (plain PyTorch)",
+        "method": "reference Algorithm 1, replay" if replay else "reference Algorithm 1 (plain PyTorch)",
         "seed": seed,
         "w1": last["w1"],
         "w1_floor": M.exact_w1(real, other),
@@ -129,6 +142,7 @@ def run_reference(seed: int, iterations: int) -> Dict[str, object]:
         "spearman_eval": M.spearman([r["critic_w_eval"] for r in rows], [r["w1"] for r in rows]),
         "wall_s": wall,
         "w1_curve": [round(r["w1"], 4) for r in rows],
+        "final_generator": {k: v.clone() for k, v in G.state_dict().items()},
     }
 
 
@@ -162,23 +176,32 @@ def render(results: List[Dict[str, object]], iterations: int) -> str:
         f"noise dim {cfg.encoding_dims}; scored every {cfg.log_every} generator iterations on "
         f"{cfg.eval_samples} fixed generated vs {cfg.eval_samples} fixed real points.",
         "",
-        "| method | seed | final exact W1 | W1 floor (real vs real) | modes covered (of 8) | samples within 3 std | "
-        "Spearman(critic est., W1) | Spearman(critic eval est., W1) | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | seed | final exact W1 | W1, mean of last 5 evaluations | W1 floor (real vs real) | "
+        "modes covered (of 8) | samples within 3 std | Spearman(critic est., W1) | Spearman(critic eval est., W1) | "
+        "wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['method']} | {r['seed']} | {_f(r['w1'], '.4f')} | {_f(r['w1_floor'], '.4f')} | {r['modes']} | "
+            f"| {r['method']} | {r['seed']} | {_f(r['w1'], '.4f')} | {_f(r['w1_last5'], '.4f')} | "
+            f"{_f(r['w1_floor'], '.4f')} | {r['modes']} | "
             f"{100 * float(r['high_quality']):.0f}% | {_f(r['spearman'], '.2f')} | {_f(r['spearman_eval'], '.2f')} | "
             f"{r['wall_s']:.0f} |"
         )
     lines += ["", "Mean ± std over seeds:", "",
-              "| method | final exact W1 | modes covered | Spearman(critic est., W1) | wall time (s) |",
-              "|---|---|---|---|---|"]
+              "| method | runs | final exact W1 | W1, mean of last 5 | modes covered | Spearman(critic est., W1) | "
+              "wall time (s) |",
+              "|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
-        lines.append(f"| {method} | {_mean(rows, 'w1')} | {_mean(rows, 'modes')} | {_mean(rows, 'spearman')} | "
-                     f"{_mean(rows, 'wall_s')} |")
+        lines.append(f"| {method} | {len(rows)} | {_mean(rows, 'w1')} | {_mean(rows, 'w1_last5')} | "
+                     f"{_mean(rows, 'modes')} | {_mean(rows, 'spearman')} | {_mean(rows, 'wall_s')} |")
+    replays = [r for r in results if r["method"].endswith("replay")]
+    for rep_ in replays:
+        ours = next(r for r in results if r["seed"] == rep_["seed"] and r["method"].startswith("wgan-ext"))
+        same = all(torch.equal(ours["final_generator"][k], v) for k, v in rep_["final_generator"].items())
+        lines += ["", f"Replay, seed {rep_['seed']}: final generator parameters "
+                      f"{'**bit-identical** to' if same else '**differ** from'} the `wgan-ext train` run's."]
     lines += ["", "Exact W1 at each evaluation (first seed):", ""]
     for method in dict.fromkeys(r["method"] for r in results):
         first = next(r for r in results if r["method"] == method)
@@ -204,15 +227,21 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=T.TOY_DEFAULTS["iterations"])
     p.add_argument("--out", default=os.path.join(HERE, "QUALITY.md"))
     p.add_argument("--runs-dir", default=None, help="keep the run folders here (default: a temp folder)")
+    p.add_argument("--no-replay", action="store_true", help="skip the replay of the first seed")
     args = p.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = args.runs_dir or tmp
-        for seed in args.seeds:
-            for fn in (run_ours, run_reference):
-                r = fn(seed, args.iterations, runs_dir) if fn is run_ours else fn(seed, args.iterations)
-                print(f"{r['method']:<40} seed {seed}: W1 {_f(r['w1'], '.4f')}  modes {r['modes']}  "
-                      f"Spearman {_f(r['spearman'], '.2f')}  {r['wall_s']:.0f} s", flush=True)
+        for i, seed in enumerate(args.seeds):
+            jobs = [lambda: run_ours(seed, args.iterations, runs_dir), lambda: run_reference(seed, args.iterations)]
+            if i == 0 and not args.no_replay:
+                jobs.append(lambda: run_reference(seed, args.iterations, replay=True))
+            for job in jobs:
+                r = job()
+                curve = [v for v in r["w1_curve"] if math.isfinite(v)]  # type: ignore[union-attr]
+                r["w1_last5"] = statistics.mean(curve[-5:])
+                print(f"{r['method']:<40} seed {seed}: W1 {_f(r['w1'], '.4f')}  last-5 {r['w1_last5']:.4f}  "
+                      f"modes {r['modes']}  Spearman {_f(r['spearman'], '.2f')}  {r['wall_s']:.0f} s", flush=True)
                 results.append(r)
     text = render(results, args.iterations)
     with open(args.out, "w", encoding="utf-8") as f:

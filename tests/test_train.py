@@ -98,6 +98,21 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
         assert im.size[0] > 200 and im.size[1] > 200
 
 
+def test_tensorboard_scalars_match_metrics(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = T.run(_cfg(tmp_path, iterations=20), progress=False, quiet=True)
+    acc = EventAccumulator(os.path.join(res.out, "tb"))
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("wgan/w1")]
+    expected = [(int(r["gen_iter"]), float(r["w1"])) for r in _rows(res.out)]
+    assert [s for s, _ in logged] == [s for s, _ in expected]
+    for (_, a), (_, b) in zip(logged, expected):
+        assert a == pytest.approx(b, rel=1e-6)
+    assert len(acc.Images("samples")) == len(expected)
+
+
 def test_exact_w1_in_metrics_is_recomputable(tmp_path) -> None:
     """The logged W1 is the exact W1 between G(fixed noise) and the fixed real set."""
     from wgan_ext import metrics as M
@@ -229,6 +244,9 @@ def test_atomic_checkpoint_leaves_old_file_on_failure(tmp_path) -> None:
         T.save_checkpoint(path, {"a": Boom()})
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert os.listdir(tmp_path) == ["ck.pt"]  # no temp file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 # ----------------------------------------------------------------------------- configuration

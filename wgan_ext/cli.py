@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Algorithm 1 of the WGAN paper (RMSProp, c=0.01, n_critic=5, batch 64) on 8 gaussians, "
             f"{TOY_DEFAULTS['iterations']} generator iterations, lr {TOY_DEFAULTS['lr']:g}. "
             "Writes a run folder with samples, curves.png, metrics.csv, summary.json, config.json, "
-            "checkpoint.pt (and TensorBoard events if tensorboard is installed)."
+            "checkpoint.pt (and TensorBoard events if tensorboard is installed). Iterations are generator "
+            "iterations; each torchgan epoch is one logging period of --log-every of them, and the toys "
+            "are generated afresh for every batch (an endless dataset). Ctrl-C saves a checkpoint; "
+            "--resume continues bit for bit (on CPU)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -33,6 +33,8 @@ class atomic_path:
         d = os.path.dirname(os.path.abspath(self.path))
         fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=self.suffix, dir=d)
         os.close(fd)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        os.chmod(self.tmp, 0o666 & ~_umask())
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -41,6 +43,12 @@ class atomic_path:
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _pyplot():
