@@ -158,6 +158,24 @@ def test_digits_run_writes_image_grids(tmp_path) -> None:
     assert row["modes"] == "" and float(row["w1"]) > 0  # pixel-space W1, no modes on images
 
 
+def test_image_folder_run_with_dcgan(tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (20, 20), (20 * i, 255 - 20 * i, 0)).save(folder / f"{i:02d}.png")
+    res = T.run(_cfg(tmp_path, dataset="folder", data_dir=str(folder), image_size=16, batch_size=4,
+                     iterations=2, log_every=1), progress=False, quiet=True)
+    ck = _load(res.out)
+    assert ck["config"]["arch"] == "dcgan"
+    # every critic parameter, batch-norm scales included, is clipped (as in the paper's code)
+    params = {k: v for k, v in ck["models"]["discriminator"].items() if "running" not in k and "num_batches" not in k}
+    assert max(v.abs().max().item() for v in params.values()) <= 0.01
+    with Image.open(os.path.join(res.out, "samples", "step_000002.png")) as im:
+        assert im.size == (8 * 18 + 2, 2 * 18 + 2)  # the 12 evaluation samples, 16x16, 8 per row
+
+
 # ----------------------------------------------------------------------------- interrupt and resume
 
 

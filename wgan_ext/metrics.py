@@ -190,7 +190,7 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    return float(spearmanr(x, y).statistic)
+    return float(spearmanr(x, y)[0])  # [0]: the coefficient, on old and new SciPy alike
 
 
 @torch.no_grad()
