@@ -173,7 +173,8 @@ def test_image_folder_run_with_dcgan(tmp_path) -> None:
     params = {k: v for k, v in ck["models"]["discriminator"].items() if "running" not in k and "num_batches" not in k}
     assert max(v.abs().max().item() for v in params.values()) <= 0.01
     with Image.open(os.path.join(res.out, "samples", "step_000002.png")) as im:
-        assert im.size == (8 * 18 + 2, 2 * 18 + 2)  # the 12 evaluation samples, 16x16, 8 per row
+        # the 12 evaluation samples, 16x16 shown at 32x32, 8 per row with 2-pixel padding
+        assert im.size == (8 * 34 + 2, 2 * 34 + 2)
 
 
 # ----------------------------------------------------------------------------- interrupt and resume
