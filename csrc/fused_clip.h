@@ -77,8 +77,20 @@ inline void bump_versions(const at::TensorList tensors) {
   }
 }
 
-// The CPU kernel after argument checks and de-duplication (csrc/cpu/fused_clip_kernel.cpp):
-// ClipPlan calls it directly for a list it validated once.
+// The CPU kernel's work list (csrc/cpu/fused_clip_kernel.cpp): the non-empty tensors laid end
+// to end as spans of memory, plus the rare tensors that are not one dense block.
+struct CpuSpanTable {
+  std::vector<void*> data;
+  std::vector<at::ScalarType> dtype;
+  std::vector<int64_t> ends;  // running element count: span i covers [ends[i-1], ends[i])
+  std::vector<at::Tensor> strided;
+  bool need[4] = {false, false, false, false};  // float, double, half, bfloat16 present
+  int64_t total = 0;
+};
+CpuSpanTable build_cpu_span_table(at::TensorList tensors);
+// Clamps what the table points at; bumps no version counter (the caller does).
+void run_cpu_span_table(const CpuSpanTable& table, double lo, double hi);
+// The CPU kernel after argument checks and de-duplication: build, run, bump.
 void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi);
 
 // A tensor whose elements fill one gap-free block of memory (any order) can be clamped as a

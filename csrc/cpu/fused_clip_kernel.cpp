@@ -60,11 +60,6 @@ uint16_t bits_of(T v) {
   return b;
 }
 
-struct Span {
-  void* data;
-  at::ScalarType dtype;
-};
-
 // Bounds rounded to each dtype the way clamp_'s CPU kernel rounds them (Scalar::to<scalar_t>),
 // computed before any write so an out-of-range bound raises with nothing modified.
 struct TypedBounds {
@@ -73,17 +68,17 @@ struct TypedBounds {
   uint16_t h_lo, h_hi, b_lo, b_hi;
 };
 
-TypedBounds make_bounds(const at::TensorList tensors, double lo, double hi) {
-  TypedBounds b{};
-  bool need[4] = {false, false, false, false};
-  for (const auto& t : tensors) {
-    switch (t.scalar_type()) {
-      case at::kFloat: need[0] = true; break;
-      case at::kDouble: need[1] = true; break;
-      case at::kHalf: need[2] = true; break;
-      default: need[3] = true; break;
-    }
+int dtype_slot(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return 0;
+    case at::kDouble: return 1;
+    case at::kHalf: return 2;
+    default: return 3;  // BFloat16
   }
+}
+
+TypedBounds make_bounds(const bool need[4], double lo, double hi) {
+  TypedBounds b{};
   const c10::Scalar slo(lo), shi(hi);
   if (need[0]) { b.f_lo = slo.to<float>(); b.f_hi = shi.to<float>(); }
   if (need[1]) { b.d_lo = lo; b.d_hi = hi; }
@@ -117,20 +112,21 @@ WGAN_EXT_CLONES void clamp_bf16(uint16_t* p, int64_t n, uint16_t lo, uint16_t hi
   clamp_span_16<0x7f80>(p, n, lo, hi);
 }
 
-void clamp_range(const Span& s, int64_t begin, int64_t end, const TypedBounds& b) {
+void clamp_range(void* data, at::ScalarType dtype, int64_t begin, int64_t end,
+                 const TypedBounds& b) {
   const int64_t n = end - begin;
-  switch (s.dtype) {
+  switch (dtype) {
     case at::kFloat:
-      clamp_f32(static_cast<float*>(s.data) + begin, n, b.f_lo, b.f_hi);
+      clamp_f32(static_cast<float*>(data) + begin, n, b.f_lo, b.f_hi);
       break;
     case at::kDouble:
-      clamp_f64(static_cast<double*>(s.data) + begin, n, b.d_lo, b.d_hi);
+      clamp_f64(static_cast<double*>(data) + begin, n, b.d_lo, b.d_hi);
       break;
     case at::kHalf:
-      clamp_f16(static_cast<uint16_t*>(s.data) + begin, n, b.h_lo, b.h_hi);
+      clamp_f16(static_cast<uint16_t*>(data) + begin, n, b.h_lo, b.h_hi);
       break;
     default:  // BFloat16
-      clamp_bf16(static_cast<uint16_t*>(s.data) + begin, n, b.b_lo, b.b_hi);
+      clamp_bf16(static_cast<uint16_t*>(data) + begin, n, b.b_lo, b.b_hi);
       break;
   }
 }
@@ -146,52 +142,57 @@ void fused_clip_cpu(at::TensorList all_tensors, double lo, double hi) {
 
 }  // namespace
 
-void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi) {
-  if (tensors.empty()) {
-    return;
-  }
-  const TypedBounds bounds = make_bounds(tensors, lo, hi);
-
-  std::vector<Span> spans;
-  std::vector<int64_t> ends;  // running element count: spans[i] covers [ends[i-1], ends[i])
-  std::vector<at::Tensor> strided;
-  spans.reserve(tensors.size());
-  ends.reserve(tensors.size());
-  int64_t total = 0;
+CpuSpanTable build_cpu_span_table(at::TensorList tensors) {
+  CpuSpanTable table;
+  table.data.reserve(tensors.size());
+  table.dtype.reserve(tensors.size());
+  table.ends.reserve(tensors.size());
   for (const auto& t : tensors) {
     if (t.numel() == 0) {
       continue;
     }
+    table.need[dtype_slot(t.scalar_type())] = true;
     if (!is_flat(t)) {
-      strided.push_back(t);
+      table.strided.push_back(t);
       continue;
     }
-    total += t.numel();
-    spans.push_back({t.data_ptr(), t.scalar_type()});
-    ends.push_back(total);
+    table.total += t.numel();
+    table.data.push_back(t.data_ptr());
+    table.dtype.push_back(t.scalar_type());
+    table.ends.push_back(table.total);
   }
+  return table;
+}
 
-  at::parallel_for(0, total, kGrainSize, [&](int64_t begin, int64_t end) {
+void run_cpu_span_table(const CpuSpanTable& table, double lo, double hi) {
+  const TypedBounds bounds = make_bounds(table.need, lo, hi);  // may raise: nothing written yet
+  const auto& ends = table.ends;
+  at::parallel_for(0, table.total, kGrainSize, [&](int64_t begin, int64_t end) {
     size_t i = std::upper_bound(ends.begin(), ends.end(), begin) - ends.begin();
     int64_t pos = begin;
     while (pos < end) {
       const int64_t span_start = i == 0 ? 0 : ends[i - 1];
       const int64_t stop = std::min(end, ends[i]);
-      clamp_range(spans[i], pos - span_start, stop - span_start, bounds);
+      clamp_range(table.data[i], table.dtype[i], pos - span_start, stop - span_start, bounds);
       pos = stop;
       ++i;
     }
   });
-
-  if (!strided.empty()) {
+  if (!table.strided.empty()) {
     // Rare (a hand-passed slice): ATen's clamp_ below the autograd and version-counter layers,
-    // so a leaf that requires grad is writable and the version is bumped once, below, as for
-    // the rest.
+    // so a leaf that requires grad is writable; the caller bumps every version once.
     at::AutoDispatchBelowADInplaceOrView guard;
-    for (auto& t : strided) {
-      t.clamp_(lo, hi);
+    for (const auto& t : table.strided) {
+      at::Tensor(t).clamp_(lo, hi);
     }
   }
+}
+
+void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi) {
+  if (tensors.empty()) {
+    return;
+  }
+  run_cpu_span_table(build_cpu_span_table(tensors), lo, hi);
   bump_versions(tensors);
 }
 
