@@ -92,15 +92,22 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     raise AssertionError(layout)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+# Inputs shared by the CPU and CUDA property tests (hypothesis draws each case).
+PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CASE = dict(
     dtype=st.sampled_from(DTYPES),
     shape=st.tuples(*[st.integers(2, 6)] * 2, *[st.integers(3, 9)] * 2),
     layout=st.sampled_from(LAYOUTS),
     seed=st.integers(0, 2**31 - 1),
+)
+C_OR_SYMMETRIC_PAIR = [st.floats(1e-6, 1e4), st.tuples(st.floats(-10, -1e-3), st.floats(1e-3, 10))]
+
+
+@PROPERTY_SETTINGS
+@given(
+    **CASE,
     bounds=st.one_of(
-        st.floats(1e-6, 1e4).map(lambda c: c),
-        st.tuples(st.floats(-10, -1e-3), st.floats(1e-3, 10)),
+        *C_OR_SYMMETRIC_PAIR,
         st.tuples(st.floats(0.5, 2.0), st.floats(2.0, 3.0)),  # both bounds positive
     ),
     backend=st.sampled_from(["cpu", "torch"]),
@@ -111,14 +118,8 @@ def test_property_matches_clamp_cpu(dtype, shape, layout, seed, bounds, backend)
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    dtype=st.sampled_from(DTYPES),
-    shape=st.tuples(*[st.integers(2, 6)] * 2, *[st.integers(3, 9)] * 2),
-    layout=st.sampled_from(LAYOUTS),
-    seed=st.integers(0, 2**31 - 1),
-    bounds=st.one_of(st.floats(1e-6, 1e4), st.tuples(st.floats(-10, -1e-3), st.floats(1e-3, 10))),
-)
+@PROPERTY_SETTINGS
+@given(**CASE, bounds=st.one_of(*C_OR_SYMMETRIC_PAIR))
 def test_property_matches_clamp_cuda(dtype, shape, layout, seed, bounds):
     check_property(dtype, shape, layout, seed, bounds, "cuda", "cuda")
 

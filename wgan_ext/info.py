@@ -23,6 +23,7 @@ def collect() -> dict:
     cpu = _ext.status("cpu")
     cuda = _ext.status("cuda")
     gpu = torch.cuda.is_available()
+    src = _ext.source_dir()
     active = {
         "cpu": "cpu kernel" if cpu.loaded else "torch fallback",
         "cuda": ("cuda kernel" if cuda.loaded else "torch fallback") if gpu else "no CUDA device",
@@ -38,7 +39,7 @@ def collect() -> dict:
             for name, st in (("cpu", cpu), ("cuda", cuda))
         },
         "active": active,
-        "kernel_sources": str(_ext.source_dir()) if _ext.source_dir() else None,
+        "kernel_sources": str(src) if src else None,
     }
 
 
