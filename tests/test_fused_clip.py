@@ -443,6 +443,24 @@ def test_compiled_cpu_kernel_is_loaded_here():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("wgan_ext::fused_clip_", "CPU")
 
 
+@pytest.mark.parametrize("first", ["status('cuda')", "available('cuda')", "status('cpu')"])
+def test_backend_status_in_a_fresh_process(first):
+    # A fresh interpreter, so nothing is loaded yet: asking for CUDA first used to deadlock
+    # (loading "cuda" loads "cpu" under the same non-reentrant lock) -- on a GPU machine, the
+    # very first fused_clip_ call on CUDA tensors hung. The answers must match this process's.
+    import subprocess
+    import sys
+
+    code = (
+        "from wgan_ext import _ext\n"
+        f"_ext.{first}\n"
+        "print(_ext.status('cpu').how, _ext.status('cuda').how)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(_ext.status("cpu").how), str(_ext.status("cuda").how)]
+
+
 def test_opcheck_cpu():
     ts = [make_values(n, dt, "cpu", n) for n, dt in [(10, torch.float32), (7, torch.float64), (33, torch.bfloat16)]]
     torch.library.opcheck(torch.ops.wgan_ext.fused_clip_.default, (ts, -0.01, 0.01))
