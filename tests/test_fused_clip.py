@@ -512,6 +512,74 @@ def test_fused_clipper_follows_data_swaps():
     assert_bit_equal(critic.bias.detach(), want_b)
 
 
+def _swap_new_storage(p):
+    p.data = make_values(p.numel(), p.dtype, "cpu", 31).view_as(p) * 10
+
+
+def _swap_strided(p):
+    p.data = make_values(2 * p.numel(), p.dtype, "cpu", 32)[::2].view(p.shape) * 10
+
+
+def _swap_transposed(p):
+    p.data = (make_values(p.numel(), p.dtype, "cpu", 33) * 10).view(p.shape[::-1]).t()
+
+
+def _swap_bigger(p):
+    p.data = make_values(3 * p.numel(), p.dtype, "cpu", 34) * 10
+
+
+def _resize_storage(p):
+    # The storage reallocates in place: same StorageImpl, new data pointer (the old one is freed)
+    p.data.untyped_storage().resize_(2 * p.untyped_storage().nbytes())
+    with torch.no_grad():
+        p.copy_(make_values(p.numel(), p.dtype, "cpu", 35).view_as(p) * 10)
+
+
+def _set_(p):
+    with torch.no_grad():
+        p.set_(make_values(p.numel(), p.dtype, "cpu", 36).view_as(p) * 10)
+
+
+@pytest.mark.parametrize("change", [_swap_new_storage, _swap_strided, _swap_transposed, _swap_bigger,
+                                    _resize_storage, _set_])
+def test_fused_clipper_follows_storage_changes(change):
+    # A CPU ClipPlan caches the data pointers it writes through; every call must notice what
+    # moved them, or it would clamp freed or foreign memory and leave the weight unclipped.
+    critic = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 2))
+    clip = FusedClipper(critic, 0.01, backend="cpu")
+    clip()
+    target = critic[0].weight
+    change(target)
+    with torch.no_grad():
+        for i, p in enumerate(critic.parameters()):
+            if p is not target:
+                p.copy_(make_values(p.numel(), p.dtype, "cpu", 40 + i).view_as(p) * 10)
+    want = [p.detach().clone().clamp_(-0.01, 0.01) for p in critic.parameters()]
+    versions = [p._version for p in critic.parameters()]
+    clip()
+    for p, w, v in zip(critic.parameters(), want, versions):
+        assert_bit_equal(p.detach(), w)
+        assert p._version == v + 1
+    clip()  # and again, from the rebuilt table
+    for p, w in zip(critic.parameters(), want):
+        assert_bit_equal(p.detach(), w)
+
+
+def test_fused_clipper_leaves_a_copy_on_write_clone_alone():
+    # torch._lazy_clone shares the parameter's memory until one side writes: a cached pointer
+    # written through directly would clamp the clone too.
+    critic = torch.nn.Linear(8, 8)
+    clip = FusedClipper(critic, 0.01, backend="cpu")
+    clip()
+    with torch.no_grad():
+        critic.weight.copy_(make_values(64, torch.float32, "cpu", 50).view(8, 8) * 10)
+    clone = torch._lazy_clone(critic.weight.detach())
+    before = critic.weight.detach().clone()
+    clip()
+    assert_bit_equal(clone, before)
+    assert_bit_equal(critic.weight.detach(), before.clamp(-0.01, 0.01))
+
+
 # ----------------------------------------------------------------------------- torch.compile
 def _rmsprop_and_clip(critic, square_avg, lr, c, alpha=0.99, eps=1e-8):
     # torch.optim.RMSprop's default update written with foreach ops: torch.optim's own step()

@@ -22,8 +22,11 @@ constexpr int64_t kGrainSize = 32768;
 
 // float / double: `lo > v ? lo : v` is exactly the maxps(lo, v) pattern, so the compiler
 // vectorises it without -ffast-math, and a NaN v fails both compares and stays NaN.
+// Always inlined into the cloned walk below, so each clone vectorises them at its own width.
+#define WGAN_EXT_INLINE inline __attribute__((always_inline))
+
 template <typename T>
-void clamp_span(T* p, int64_t n, T lo, T hi) {
+WGAN_EXT_INLINE void clamp_span(T* p, int64_t n, T lo, T hi) {
   for (int64_t i = 0; i < n; ++i) {
     T v = p[i];
     v = lo > v ? lo : v;
@@ -36,7 +39,7 @@ void clamp_span(T* p, int64_t n, T lo, T hi) {
 // their values (a conversion to float is monotone and exact), so the loop stays integer-only and
 // vectorises. The result is one of v, lo, hi -- exactly what clamp_ picks.
 template <uint16_t kExpMask>
-void clamp_span_16(uint16_t* p, int64_t n, uint16_t lo_bits, uint16_t hi_bits) {
+WGAN_EXT_INLINE void clamp_span_16(uint16_t* p, int64_t n, uint16_t lo_bits, uint16_t hi_bits) {
   auto key = [](uint16_t b) -> int32_t {
     const int32_t mag = b & 0x7fff;
     return (b & 0x8000) ? -mag : mag;  // -0 and +0 compare equal, as in IEEE
@@ -90,44 +93,47 @@ TypedBounds make_bounds(const bool need[4], double lo, double hi) {
   return b;
 }
 
-// One entry point per dtype, each cloned for AVX2 and baseline x86-64 and picked at load time:
-// the package is built without -march, yet in-cache data clamps at AVX2 width like ATen's own
-// (dispatched) kernel.
+// The span walk is cloned for AVX2 and baseline x86-64, picked at load time: the package is
+// built without -march, yet in-cache data clamps at AVX2 width like ATen's own (dispatched)
+// kernel. The clone boundary is the whole walk, not each span: the clamp loops inline into it,
+// so 800 small tensors cost 800 inlined loops, not 800 indirect calls through the ifunc.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define WGAN_EXT_CLONES
 #endif
 
-WGAN_EXT_CLONES void clamp_f32(float* p, int64_t n, float lo, float hi) {
-  clamp_span(p, n, lo, hi);
-}
-WGAN_EXT_CLONES void clamp_f64(double* p, int64_t n, double lo, double hi) {
-  clamp_span(p, n, lo, hi);
-}
-WGAN_EXT_CLONES void clamp_f16(uint16_t* p, int64_t n, uint16_t lo, uint16_t hi) {
-  clamp_span_16<0x7c00>(p, n, lo, hi);
-}
-WGAN_EXT_CLONES void clamp_bf16(uint16_t* p, int64_t n, uint16_t lo, uint16_t hi) {
-  clamp_span_16<0x7f80>(p, n, lo, hi);
-}
-
-void clamp_range(void* data, at::ScalarType dtype, int64_t begin, int64_t end,
-                 const TypedBounds& b) {
+WGAN_EXT_INLINE void clamp_range(void* data, at::ScalarType dtype, int64_t begin, int64_t end,
+                        const TypedBounds& b) {
   const int64_t n = end - begin;
   switch (dtype) {
     case at::kFloat:
-      clamp_f32(static_cast<float*>(data) + begin, n, b.f_lo, b.f_hi);
+      clamp_span(static_cast<float*>(data) + begin, n, b.f_lo, b.f_hi);
       break;
     case at::kDouble:
-      clamp_f64(static_cast<double*>(data) + begin, n, b.d_lo, b.d_hi);
+      clamp_span(static_cast<double*>(data) + begin, n, b.d_lo, b.d_hi);
       break;
     case at::kHalf:
-      clamp_f16(static_cast<uint16_t*>(data) + begin, n, b.h_lo, b.h_hi);
+      clamp_span_16<0x7c00>(static_cast<uint16_t*>(data) + begin, n, b.h_lo, b.h_hi);
       break;
     default:  // BFloat16
-      clamp_bf16(static_cast<uint16_t*>(data) + begin, n, b.b_lo, b.b_hi);
+      clamp_span_16<0x7f80>(static_cast<uint16_t*>(data) + begin, n, b.b_lo, b.b_hi);
       break;
+  }
+}
+
+// Clamps elements [begin, end) of the table's virtual flat buffer.
+WGAN_EXT_CLONES void clamp_table_range(const CpuSpanTable& table, int64_t begin, int64_t end,
+                                       const TypedBounds& bounds) {
+  const auto& ends = table.ends;
+  size_t i = std::upper_bound(ends.begin(), ends.end(), begin) - ends.begin();
+  int64_t pos = begin;
+  while (pos < end) {
+    const int64_t span_start = i == 0 ? 0 : ends[i - 1];
+    const int64_t stop = std::min(end, ends[i]);
+    clamp_range(table.data[i], table.dtype[i], pos - span_start, stop - span_start, bounds);
+    pos = stop;
+    ++i;
   }
 }
 
@@ -166,18 +172,13 @@ CpuSpanTable build_cpu_span_table(at::TensorList tensors) {
 
 void run_cpu_span_table(const CpuSpanTable& table, double lo, double hi) {
   const TypedBounds bounds = make_bounds(table.need, lo, hi);  // may raise: nothing written yet
-  const auto& ends = table.ends;
-  at::parallel_for(0, table.total, kGrainSize, [&](int64_t begin, int64_t end) {
-    size_t i = std::upper_bound(ends.begin(), ends.end(), begin) - ends.begin();
-    int64_t pos = begin;
-    while (pos < end) {
-      const int64_t span_start = i == 0 ? 0 : ends[i - 1];
-      const int64_t stop = std::min(end, ends[i]);
-      clamp_range(table.data[i], table.dtype[i], pos - span_start, stop - span_start, bounds);
-      pos = stop;
-      ++i;
-    }
-  });
+  if (table.total <= kGrainSize) {
+    clamp_table_range(table, 0, table.total, bounds);  // one thread anyway: skip the region
+  } else {
+    at::parallel_for(0, table.total, kGrainSize, [&](int64_t begin, int64_t end) {
+      clamp_table_range(table, begin, end, bounds);
+    });
+  }
   if (!table.strided.empty()) {
     // Rare (a hand-passed slice): ATen's clamp_ below the autograd and version-counter layers,
     // so a leaf that requires grad is writable; the caller bumps every version once.
