@@ -141,6 +141,12 @@ struct ClipPlan : torch::CustomClassHolder {
   }
 
   int64_t size() const { return static_cast<int64_t>(tensors.size()); }
+
+  // Memory spans in the cached CPU table (tensors adjacent in memory share one); -1 when the
+  // plan goes through the op. For tests and benchmarks.
+  int64_t spans() const {
+    return direct_cpu ? static_cast<int64_t>(table.data.size()) : -1;
+  }
 };
 
 // Clipping projects the weights between optimizer steps; it is not part of any graph. So the
@@ -171,7 +177,8 @@ TORCH_LIBRARY(wgan_ext, m) {
   m.class_<wgan_ext::ClipPlan>("ClipPlan")
       .def(torch::init<std::vector<at::Tensor>>())
       .def("clip_", &wgan_ext::ClipPlan::clip_)
-      .def("size", &wgan_ext::ClipPlan::size);
+      .def("size", &wgan_ext::ClipPlan::size)
+      .def("spans", &wgan_ext::ClipPlan::spans);
 }
 
 TORCH_LIBRARY_IMPL(wgan_ext, Autograd, m) {

@@ -580,6 +580,103 @@ def test_fused_clipper_leaves_a_copy_on_write_clone_alone():
     assert_bit_equal(critic.weight.detach(), before.clamp(-0.01, 0.01))
 
 
+def test_adjacent_tensors_are_one_span_and_clip_right():
+    # Views laid end to end in one buffer are clamped as one span; order, dtype changes, gaps
+    # and non-adjacent neighbours must still split them, and the values must match clamp_.
+    _ext.require("cpu")
+    buf = make_values(1000, torch.float32, "cpu", 60)
+    other = make_values(50, torch.float64, "cpu", 61)
+    views = [buf[0:100].view(10, 10), buf[100:130], buf[130:400].view(27, 10), buf[500:600]]
+    ts = views + [other]
+    want_buf = buf.clone()
+    want_buf[:400].clamp_(-0.01, 0.01)
+    want_buf[500:600].clamp_(-0.01, 0.01)
+    want_other = other.clone().clamp_(-0.01, 0.01)
+    plan = torch.classes.wgan_ext.ClipPlan(ts)
+    assert plan.spans() == 3  # [0, 400), [500, 600), the float64 tensor
+    plan.clip_(-0.01, 0.01)
+    assert_bit_equal(buf, want_buf)
+    assert_bit_equal(other, want_other)
+    assert torch.classes.wgan_ext.ClipPlan([views[1], views[0]]).spans() == 2  # out of order
+    assert torch.classes.wgan_ext.ClipPlan([buf[:10], buf[10:20].view(torch.int32).view(torch.float32)]).spans() == 1
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+def test_flatten_keeps_training_identical_and_clips_one_block(device, backend):
+    # flatten=True moves every parameter into one buffer: values, shapes, requires_grad,
+    # grads and optimizer state stay, and RMSprop + clip then runs bit for bit as without it.
+    def make():
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, 1)).to(device)
+
+    plain, flat = make(), make()
+    opts = [torch.optim.RMSprop(m.parameters(), lr=5e-2) for m in (plain, flat)]
+    x = torch.randn(32, 5, device=device)
+    for m, o in zip((plain, flat), opts):  # optimizer state exists before flattening
+        (-m(x).mean()).backward()
+        o.step()
+    before = [(p.detach().clone(), p.grad.clone(), p.requires_grad) for p in flat.parameters()]
+    clips = [FusedClipper(plain, 0.05, backend=backend), FusedClipper(flat, 0.05, backend=backend, flatten=True)]
+    for p, (v, g, rg) in zip(flat.parameters(), before):
+        assert_bit_equal(p.detach(), v)
+        assert_bit_equal(p.grad, g)
+        assert p.requires_grad == rg
+    ptrs = [(p.data_ptr(), p.numel() * p.element_size()) for p in flat.parameters()]
+    assert all(a + n == b for (a, n), (b, _) in zip(ptrs, ptrs[1:]))  # one block, in order
+    if backend == "cpu":
+        assert clips[1].spans() == [1]
+    for _ in range(4):
+        for m, o, clip in zip((plain, flat), opts, clips):
+            o.zero_grad()
+            (-m(x).mean()).backward()
+            o.step()
+            clip()
+    for a, b in zip(plain.parameters(), flat.parameters()):
+        assert_bit_equal(b.detach(), a.detach())
+        assert b.abs().max() <= torch.tensor(0.05)
+    restored = make()
+    restored.load_state_dict(flat.state_dict())
+    for a, b in zip(restored.parameters(), flat.parameters()):
+        assert_bit_equal(a.detach(), b.detach())
+
+
+def test_flatten_moves_only_whole_contiguous_owners():
+    base = torch.zeros(40)
+    sliced = torch.nn.Parameter(base[10:20])  # a view of a bigger storage
+    transposed = torch.nn.Parameter(torch.zeros(4, 6).t())
+    shared_a = torch.zeros(8)
+    shared_b = shared_a.view(2, 4)  # another tensor on the same storage
+    own = [torch.nn.Parameter(torch.full((3,), 0.5)), torch.nn.Parameter(torch.full((2, 2), -0.5))]
+    ts = [sliced, own[0], transposed, shared_a, own[1], shared_b]
+    storages = [t.untyped_storage().data_ptr() for t in ts]
+    clip = FusedClipper(ts, 0.25, backend="cpu", flatten=True)
+    for i in (0, 2, 3, 5):
+        assert ts[i].untyped_storage().data_ptr() == storages[i]  # stayed
+    assert own[0].data_ptr() + 3 * 4 == own[1].data_ptr()  # moved, adjacent
+    assert own[0].untyped_storage().data_ptr() != storages[1]
+    sliced.data.fill_(1.0)
+    clip()
+    assert torch.equal(base[10:20], torch.full((10,), 0.25))
+    assert torch.equal(own[0].detach(), torch.full((3,), 0.25))
+    assert torch.equal(own[1].detach(), torch.full((2, 2), -0.25))
+    with pytest.raises(TypeError, match="flatten must be a bool"):
+        FusedClipper(ts, 0.25, flatten="yes")
+
+
+def test_flatten_then_moved_parameter_is_still_clipped():
+    critic = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    clip = FusedClipper(critic, 0.01, backend="cpu", flatten=True)
+    critic[1].weight.data = make_values(16, torch.float32, "cpu", 70).view(4, 4) * 10
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.mul_(100)
+    want = [p.detach().clone().clamp_(-0.01, 0.01) for p in critic.parameters()]
+    clip()
+    for p, w in zip(critic.parameters(), want):
+        assert_bit_equal(p.detach(), w)
+
+
 # ----------------------------------------------------------------------------- torch.compile
 def _rmsprop_and_clip(critic, square_avg, lr, c, alpha=0.99, eps=1e-8):
     # torch.optim.RMSprop's default update written with foreach ops: torch.optim's own step()

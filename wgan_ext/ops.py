@@ -197,6 +197,19 @@ class FusedClipper:
     with ``assign=True`` or adding a layer; moving values in place (optimizer steps,
     ``copy_``, ``.to()`` on the module) needs nothing.
 
+    Args:
+        critic, c, backend: as for :func:`fused_clip_`.
+        flatten: move the parameters of each (device, dtype) into one contiguous buffer, in
+            order (``p.data`` becomes a view of it; values, shapes, ``requires_grad``, ``.grad``
+            and optimizer state are kept). The clip is then one clamp over one block of memory:
+            on a critic of many small tensors that is the cost of clamping a single flat
+            tensor, where separate allocations cost per tensor (and, on CUDA, leave most
+            blocks nearly empty). Do it before anything keeps the old memory: an alias taken
+            earlier (``w = p.data``), a CUDA graph or a compiled graph that captured pointers.
+            Only tensors that are contiguous and own their whole storage move; the others are
+            clipped where they are. Clipping stays correct if a parameter later moves away
+            (``p.data = ...``, ``.to()``): the call notices and clips it where it now is.
+
     Example:
         >>> critic = torch.nn.Linear(4, 1)
         >>> clip = FusedClipper(critic, 0.01)
@@ -205,11 +218,15 @@ class FusedClipper:
         True
     """
 
-    def __init__(self, critic: Params, c: Bounds, *, backend: Backend = "auto") -> None:
+    def __init__(self, critic: Params, c: Bounds, *, backend: Backend = "auto",
+                 flatten: bool = False) -> None:
         self.lo, self.hi = resolve_bounds(c)
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if not isinstance(flatten, bool):
+            raise TypeError(f"flatten must be a bool, got {type(flatten).__name__} {flatten!r}")
         self.backend = backend
+        self.flatten = flatten
         self._source = critic
         self.refresh()
 
@@ -218,21 +235,33 @@ class FusedClipper:
         tensors = _collect(self._source)
         _check_tensors(tensors)
         tensors = [t for t in _dedupe(tensors) if t.numel() > 0]
+        groups = _group_by_device(tensors)
+        kernels = {device: _choose(device, self.backend, compiling=False) for device in groups}
+        if self.flatten:  # every check done: now move memory
+            for group in groups.values():
+                _flatten_(group)
         self._plan = []
-        for device, group in _group_by_device(tensors).items():
-            use_kernel = _choose(device, self.backend, compiling=False)
+        self._handles = []
+        for device, group in groups.items():
             # The compiled path keeps the list on the C++ side (torch.classes.wgan_ext.ClipPlan):
             # passing a Python list to an op converts it tensor by tensor on every call.
-            handle = torch.classes.wgan_ext.ClipPlan(group) if use_kernel else None
+            handle = torch.classes.wgan_ext.ClipPlan(group) if kernels[device] else None
             # The bound method, looked up once: each `handle.clip_` lookup builds a new script
             # method object (~4 us, more than the whole clip of an 800-tensor CPU critic's
             # bookkeeping).
             self._plan.append((group, handle.clip_ if handle is not None else None))
+            self._handles.append(handle)
 
     @property
     def tensors(self) -> list:
         """The tensors this clipper clamps, grouped by device."""
         return [t for group, _ in self._plan for t in group]
+
+    def spans(self) -> list:
+        """Per device group: the blocks of memory a compiled CPU plan clamps (tensors adjacent
+        in memory count once, so a flattened critic gives 1 per dtype); -1 where the group goes
+        through the op or the reference."""
+        return [h.spans() if h is not None else -1 for h in self._handles]
 
     def __call__(self) -> None:
         """Clamp every collected tensor in place to ``[lo, hi]``."""
@@ -248,7 +277,46 @@ class FusedClipper:
 
     def __repr__(self) -> str:
         n = sum(len(g) for g, _ in self._plan)
-        return f"FusedClipper({n} tensors, lo={self.lo}, hi={self.hi}, backend={self.backend!r})"
+        return (f"FusedClipper({n} tensors, lo={self.lo}, hi={self.hi}, backend={self.backend!r}"
+                f"{', flatten=True' if self.flatten else ''})")
+
+
+def _flatten_(tensors: Sequence[torch.Tensor]) -> int:
+    """Move ``tensors`` into one contiguous buffer per (device, dtype), in order, in place.
+
+    Each moved tensor keeps its object, values, shape and autograd state; its ``.data`` becomes
+    a view of the shared buffer, right after the previous moved tensor of its (device, dtype),
+    so that ``fused_clip_``'s kernels clamp them as one block. Only tensors that are contiguous
+    and the sole view of their whole storage are moved (a slice, a transposed or expanded
+    tensor, or two listed tensors sharing memory keep theirs); a (device, dtype) with fewer than
+    two of them is left alone. Returns how many tensors moved. All buffers are allocated before
+    the first tensor moves.
+    """
+    owners: dict = {}
+    for t in tensors:
+        if t.numel() > 0:
+            key = (t.device, t.untyped_storage().data_ptr())
+            owners[key] = owners.get(key, 0) + 1
+    runs: dict = {}
+    for t in tensors:
+        if (t.numel() > 0 and t.is_contiguous() and t.storage_offset() == 0
+                and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+                and owners[(t.device, t.untyped_storage().data_ptr())] == 1):
+            runs.setdefault((t.device, t.dtype), []).append(t)
+    runs = {k: v for k, v in runs.items() if len(v) > 1}
+    with torch.no_grad():
+        buffers = {k: torch.empty(sum(t.numel() for t in v), device=k[0], dtype=k[1])
+                   for k, v in runs.items()}
+        for key, run in runs.items():
+            offset = 0
+            views = []
+            for t in run:
+                views.append(buffers[key][offset:offset + t.numel()].view(t.shape))
+                offset += t.numel()
+            torch._foreach_copy_(views, [t.detach() for t in run])
+            for t, v in zip(run, views):
+                t.data = v
+    return sum(len(v) for v in runs.values())
 
 
 def _choose(device: torch.device, backend: str, compiling: bool) -> bool:

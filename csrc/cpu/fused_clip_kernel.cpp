@@ -98,7 +98,7 @@ TypedBounds make_bounds(const bool need[4], double lo, double hi) {
 // kernel. The clone boundary is the whole walk, not each span: the clamp loops inline into it,
 // so 800 small tensors cost 800 inlined loops, not 800 indirect calls through the ifunc.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
+#define WGAN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define WGAN_EXT_CLONES
 #endif
@@ -153,6 +153,7 @@ CpuSpanTable build_cpu_span_table(at::TensorList tensors) {
   table.data.reserve(tensors.size());
   table.dtype.reserve(tensors.size());
   table.ends.reserve(tensors.size());
+  const char* last_end = nullptr;  // one past the last span's final byte
   for (const auto& t : tensors) {
     if (t.numel() == 0) {
       continue;
@@ -162,10 +163,18 @@ CpuSpanTable build_cpu_span_table(at::TensorList tensors) {
       table.strided.push_back(t);
       continue;
     }
+    char* data = static_cast<char*>(t.data_ptr());
     table.total += t.numel();
-    table.data.push_back(t.data_ptr());
-    table.dtype.push_back(t.scalar_type());
-    table.ends.push_back(table.total);
+    if (data == last_end && table.dtype.back() == t.scalar_type()) {
+      // Starts where the previous span ends (parameters flattened into one buffer, e.g. by
+      // FusedClipper(flatten=True)): one longer span instead of a new one.
+      table.ends.back() = table.total;
+    } else {
+      table.data.push_back(data);
+      table.dtype.push_back(t.scalar_type());
+      table.ends.push_back(table.total);
+    }
+    last_end = data + t.numel() * t.element_size();
   }
   return table;
 }

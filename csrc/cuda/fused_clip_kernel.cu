@@ -1,7 +1,8 @@
 // CUDA kernel of wgan_ext::fused_clip_: all tensors of one dtype in ONE launch.
 //
-// Multi-tensor apply in the manner of NVIDIA apex: the host cuts every tensor into fixed-size
-// chunks and writes a table (tensor pointers, then one (start, tensor|length) pair per chunk)
+// Multi-tensor apply in the manner of NVIDIA apex: the host cuts every tensor (or run of
+// tensors adjacent in memory) into fixed-size chunks and writes a table (run pointers, then one
+// (start, run|length) pair per chunk)
 // into a pinned buffer; one async copy moves it to the device and one launch runs a block per
 // chunk. Unlike apex the table lives in device memory instead of kernel arguments, so a call
 // with any number of tensors is still one launch (apex re-launches every ~100 tensors).
@@ -49,16 +50,16 @@ struct alignas(sizeof(scalar_t) * kVec) Vec {
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) fused_clip_kernel(
-    const int64_t* __restrict__ table, int64_t n_tensors,
+    const int64_t* __restrict__ table, int64_t n_runs,
     at::opmath_type<scalar_t> lo, at::opmath_type<scalar_t> hi) {
   constexpr int kVec = kVecBytes / sizeof(scalar_t);
   using V = Vec<scalar_t, kVec>;
-  const int64_t* chunk = table + n_tensors + 2 * static_cast<int64_t>(blockIdx.x);
+  const int64_t* chunk = table + n_runs + 2 * static_cast<int64_t>(blockIdx.x);
   const int64_t start = chunk[0];
   const int64_t packed = chunk[1];
-  const int64_t tensor = packed >> 32;
+  const int64_t run = packed >> 32;
   const int len = static_cast<int>(packed & 0xffffffff);
-  scalar_t* p = reinterpret_cast<scalar_t*>(table[tensor]) + start;
+  scalar_t* p = reinterpret_cast<scalar_t*>(table[run]) + start;
 
   int done = 0;
   if (reinterpret_cast<uintptr_t>(p) % kVecBytes == 0) {
@@ -99,10 +100,26 @@ void launch_one_dtype(const std::vector<at::Tensor>& tensors, double lo_d, doubl
   const opmath_t hi = c10::Scalar(hi_d).to<opmath_t>();
   const int64_t chunk_elems = kChunkBytes / static_cast<int64_t>(sizeof(scalar_t));
 
-  const int64_t n_tensors = static_cast<int64_t>(tensors.size());
-  int64_t n_chunks = 0;
+  // Memory runs: a tensor that starts where the previous one ends (parameters flattened into
+  // one buffer, e.g. by FusedClipper(flatten=True)) extends that run, so a flattened critic of
+  // 800 small tensors becomes a few full chunks instead of 800 nearly empty blocks.
+  std::vector<int64_t> run_ptr, run_len;
+  run_ptr.reserve(tensors.size());
+  run_len.reserve(tensors.size());
   for (const auto& t : tensors) {
-    n_chunks += (t.numel() + chunk_elems - 1) / chunk_elems;
+    const int64_t ptr = reinterpret_cast<int64_t>(t.data_ptr());
+    if (!run_ptr.empty() &&
+        ptr == run_ptr.back() + run_len.back() * static_cast<int64_t>(sizeof(scalar_t))) {
+      run_len.back() += t.numel();
+    } else {
+      run_ptr.push_back(ptr);
+      run_len.push_back(t.numel());
+    }
+  }
+  const int64_t n_runs = static_cast<int64_t>(run_ptr.size());
+  int64_t n_chunks = 0;
+  for (const int64_t len : run_len) {
+    n_chunks += (len + chunk_elems - 1) / chunk_elems;
   }
   if (n_chunks == 0) {
     return;
@@ -112,15 +129,14 @@ void launch_one_dtype(const std::vector<at::Tensor>& tensors, double lo_d, doubl
 
   // Pinned, so the copy below is truly async; the caching host allocator keeps the block alive
   // until the copy that reads it has finished on the stream.
-  auto host = at::empty({n_tensors + 2 * n_chunks},
+  auto host = at::empty({n_runs + 2 * n_chunks},
       at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* h = host.data_ptr<int64_t>();
-  int64_t* c = h + n_tensors;
-  for (int64_t i = 0; i < n_tensors; ++i) {
-    const auto& t = tensors[i];
-    h[i] = reinterpret_cast<int64_t>(t.data_ptr());
-    for (int64_t s = 0; s < t.numel(); s += chunk_elems) {
-      const int64_t len = std::min(chunk_elems, t.numel() - s);
+  int64_t* c = h + n_runs;
+  for (int64_t i = 0; i < n_runs; ++i) {
+    h[i] = run_ptr[i];
+    for (int64_t s = 0; s < run_len[i]; s += chunk_elems) {
+      const int64_t len = std::min(chunk_elems, run_len[i] - s);
       *c++ = s;
       *c++ = (i << 32) | len;
     }
@@ -130,7 +146,7 @@ void launch_one_dtype(const std::vector<at::Tensor>& tensors, double lo_d, doubl
 
   auto stream = c10::cuda::getCurrentCUDAStream(device.index());
   fused_clip_kernel<scalar_t><<<static_cast<unsigned>(n_chunks), kThreads, 0, stream.stream()>>>(
-      table.const_data_ptr<int64_t>(), n_tensors, lo, hi);
+      table.const_data_ptr<int64_t>(), n_runs, lo, hi);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
