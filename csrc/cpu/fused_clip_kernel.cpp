@@ -93,12 +93,14 @@ TypedBounds make_bounds(const bool need[4], double lo, double hi) {
   return b;
 }
 
-// The span walk is cloned for AVX2 and baseline x86-64, picked at load time: the package is
-// built without -march, yet in-cache data clamps at AVX2 width like ATen's own (dispatched)
-// kernel. The clone boundary is the whole walk, not each span: the clamp loops inline into it,
+// The span walk is cloned for AVX-512 (x86-64-v4, GCC 11+), AVX2 and baseline x86-64, picked
+// at load time: the package is built without -march, yet in-cache data clamps at the width
+// ATen's own (dispatched) kernel uses. The clone boundary is the whole walk, not each span: the clamp loops inline into it,
 // so 800 small tensors cost 800 inlined loops, not 800 indirect calls through the ifunc.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define WGAN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define WGAN_EXT_CLONES
 #endif
