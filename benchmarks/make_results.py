@@ -19,9 +19,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "RESULTS.md"
 
-CLIP_COLS = ("limit", "fused_op", "fused_plan", "fused_module", "fallback", "foreach", "loop",
-             "compiled_loop")
-STEP_COLS = ("none", "loop", "fused_module", "fused_plan")
+CLIP_COLS = ("limit", "fused_op", "fused_plan", "fused_flat", "fused_module", "fallback", "foreach",
+             "loop", "compiled_loop")
+STEP_COLS = ("none", "loop", "fused_module", "fused_plan", "fused_flat")
 SHAPE_ORDER = ("dcgan64", "mlp3x512", "small800", "large", "tiny800")
 SHAPE_NOTES = {
     "dcgan64": "torchgan DCGANDiscriminator(in_size=64)",
@@ -138,25 +138,28 @@ def clip_section(rows, device, stat):
             "of `limit` on the same bytes, and x/limit is the median over rounds of the pair's "
             "ratio (robust to load drift); a ratio between two contenders is the quotient of "
             "their x/limit. Lower is better for x/limit, higher for loop/x and foreach/x.", "",
-            "| critic | dtype | op/limit | plan/limit | module/limit | loop/module | loop/plan "
-            "| loop/op | foreach/op | fallback/module | compiled/module |",
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+            "| critic | dtype | op/limit | plan/limit | flat/limit | module/limit | loop/module "
+            "| loop/plan | loop/flat | loop/op | foreach/op | fallback/module | compiled/module |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     summary = {}
     for shape, dtype in keys:
         g = {c: paired(rows, device, shape, dtype, c, stat) for c in CLIP_COLS}
         r = {
             "op/limit": g["fused_op"],
             "plan/limit": g["fused_plan"],
+            "flat/limit": g["fused_flat"],
             "module/limit": g["fused_module"],
             "loop/module": ratio(g["loop"], g["fused_module"]),
             "loop/plan": ratio(g["loop"], g["fused_plan"]),
+            "loop/flat": ratio(g["loop"], g["fused_flat"]),
             "loop/op": ratio(g["loop"], g["fused_op"]),
             "foreach/op": ratio(g["foreach"], g["fused_op"]),
             "fallback/module": ratio(g["fallback"], g["fused_module"]),
             "compiled/module": ratio(g["compiled_loop"], g["fused_module"]),
         }
-        summary[(shape, dtype)] = r
         out.append(f"| {shape} | {dtype} | " + " | ".join(fmt_x(v) for v in r.values()) + " |")
+        r["loop/limit"] = g["loop"]  # the ceiling of any loop/x: not a table column
+        summary[(shape, dtype)] = r
     return out, summary
 
 
@@ -192,7 +195,7 @@ def bandwidth_section(rows, stat, peak_override):
     for shape, dtype in keys:
         limit = rows.get(("clip", "cuda", shape, dtype, "limit"))
         copy_gbs = None
-        for c in ("limit", "fused_op", "fused_plan", "fused_module"):
+        for c in ("limit", "fused_op", "fused_plan", "fused_flat", "fused_module"):
             r = rows.get(("clip", "cuda", shape, dtype, c))
             if r is None:
                 continue
@@ -222,9 +225,10 @@ def step_section(rows, device, stat):
            f"RMSprop(lr=5e-5) step, clip; {stat} ms per step. The clip call is also timed inside "
            f"every step{host if device == 'cuda' else ''}: `clip us` is its median and `share` "
            "the median over steps of clip time / step time.", "",
-           "| critic | no clip | loop | fused_module | fused_plan | loop clip us (share) "
-           "| module clip us (share) | plan clip us (share) | loop step / plan step |",
-           "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+           "| critic | no clip | loop | fused_module | fused_plan | fused_flat | loop clip us (share) "
+           "| module clip us (share) | plan clip us (share) | flat clip us (share) "
+           "| loop step / flat step |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
 
     def get(shape, c):
         return rows.get(("step", device, shape, "float32", c))
@@ -243,8 +247,8 @@ def step_section(rows, device, stat):
         vals = [ms(shape, c) for c in STEP_COLS]
         out.append(f"| {shape} | " + " | ".join("–" if v is None else f"{v:,.2f}" for v in vals)
                    + f" | {clip(shape, 'loop')} | {clip(shape, 'fused_module')} | "
-                   f"{clip(shape, 'fused_plan')} | "
-                   f"{fmt_x(ratio(ms(shape, 'loop'), ms(shape, 'fused_plan')))} |")
+                   f"{clip(shape, 'fused_plan')} | {clip(shape, 'fused_flat')} | "
+                   f"{fmt_x(ratio(ms(shape, 'loop'), ms(shape, 'fused_flat')))} |")
     return out
 
 
@@ -252,6 +256,7 @@ def targets_cpu(summary):
     out = ["Targets (from the issue; measured here, not asserted in tests):", ""]
     summary = {sd: r for sd, r in summary.items() if sd[0] not in PROBES}
     for label, key in (("fused_clip_(critic, c)", "module/limit"), ("FusedClipper()", "plan/limit"),
+                       ("FusedClipper(flatten=True)", "flat/limit"),
                        ("op on a prepared list", "op/limit")):
         vals = {sd: r[key] for sd, r in summary.items() if r[key] is not None}
         if not vals:
@@ -263,6 +268,7 @@ def targets_cpu(summary):
                    + ("**met**" if not missed else f"**missed** on {', '.join(missed)}")
                    + f" (worst {worst:.2f}x, {worst_sd[0]} {worst_sd[1]})")
     for label, key in (("fused_clip_(critic, c)", "loop/module"), ("FusedClipper()", "loop/plan"),
+                       ("FusedClipper(flatten=True)", "loop/flat"),
                        ("op on a prepared list", "loop/op")):
         vals = {d: r[key] for (s, d), r in summary.items() if s == "small800" and r[key] is not None}
         if not vals:
@@ -271,6 +277,12 @@ def targets_cpu(summary):
         out.append(f"- {label} >= 30x faster than the loop on small800: "
                    + ", ".join(f"{d} {v:.0f}x ({'met' if v >= 30 else 'missed'})"
                                for d, v in vals.items()))
+    ceiling = {d: r["loop/limit"] for (s, d), r in summary.items()
+               if s == "small800" and r.get("loop/limit") is not None}
+    if ceiling:
+        out.append("- ceiling on this machine: the flat limit itself is "
+                   + ", ".join(f"{d} {v:.0f}x" for d, v in ceiling.items())
+                   + " faster than the loop on small800 (no clip can beat the limit)")
     return out
 
 
@@ -294,7 +306,7 @@ def targets_gpu(summary, best, launches):
         if copy_ref:
             line += f", {100 * dev / copy_ref:.0f} % of a typical d2d copy"
         out.append(line)
-    for key in ("loop/module", "loop/plan", "loop/op"):
+    for key in ("loop/module", "loop/plan", "loop/flat", "loop/op"):
         vals = {d: r[key] for (s, d), r in summary.items() if s == "small800" and r[key] is not None}
         if vals:
             out.append(f"- {key} on small800 >= 20x: " + ", ".join(
@@ -368,7 +380,8 @@ from a shared 2-core machine and are noisy; compare ratios, not absolute times.
 
 Contenders: `limit` = one `clamp_` over a flat buffer with the critic's element count (the floor);
 `fused_op` = `torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)` on a prepared list (kernel only);
-`fused_plan` = `FusedClipper(critic, c)()` (parameters collected once); `fused_module` =
+`fused_plan` = `FusedClipper(critic, c)()` (parameters collected once); `fused_flat` =
+`FusedClipper(critic, c, flatten=True)()` (parameters moved into one buffer first); `fused_module` =
 `fused_clip_(critic, c)` (collects `critic.parameters()` every call); `fallback` =
 `fused_clip_(critic, c, backend="torch")`; `foreach` = `torch._foreach_clamp_min_` +
 `_foreach_clamp_max_` on a prepared list; `loop` = `for p in critic.parameters():

@@ -37,7 +37,7 @@ def loop(critic, lo, hi):
         p.data.clamp_(lo, hi)
 
 
-def methods(critic, device, with_compile):
+def methods(critic, shape, device, with_compile):
     import wgan_ext
     from wgan_ext import _ext, fused_clip_
 
@@ -49,6 +49,8 @@ def methods(critic, device, with_compile):
         out["fused_op"] = lambda: torch.ops.wgan_ext.fused_clip_(params, LO, HI)
         if hasattr(wgan_ext, "FusedClipper"):
             out["fused_plan"] = wgan_ext.FusedClipper(critic, C, backend=device.type)
+            twin = build(shape, device, params[0].dtype)  # flattening moves memory: a twin
+            out["fused_flat"] = wgan_ext.FusedClipper(twin, C, backend=device.type, flatten=True)
     else:
         print(f"# compiled {device.type} kernel unavailable: {_ext.status(device.type).reason}",
               file=sys.stderr)
@@ -120,7 +122,7 @@ def main(argv=None):
             print(f"# skipping {shape}: {e}", file=sys.stderr)
             continue
         tensors = sum(1 for _ in critic.parameters())
-        for name, fn in methods(critic, device, args.compile).items():
+        for name, fn in methods(critic, shape, device, args.compile).items():
             row = dict(shape=shape, tensors=tensors, method=name, **count(fn, device, args.calls))
             rows.append(row)
             if device.type == "cuda":

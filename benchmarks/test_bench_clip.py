@@ -6,13 +6,16 @@ One pytest-benchmark group per (device, critic shape, dtype); in each group:
   fused_op       ``torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)`` on a prepared list (kernel)
   fused_module   ``fused_clip_(critic, c, backend=<device>)`` (kernel + collecting parameters)
   fused_plan     a cached-plan object, if the package has one (``wgan_ext.FusedClipper``)
+  fused_flat     ``FusedClipper(critic, c, flatten=True)``: the parameters moved into one buffer
+                 first (on a twin critic built the same way, so the others keep theirs)
   fallback       ``fused_clip_(critic, c, backend="torch")``: the pure-PyTorch reference
   foreach        ``torch._foreach_clamp_min_`` + ``torch._foreach_clamp_max_`` on a prepared list
   loop           ``for p in critic.parameters(): p.data.clamp_(lo, hi)`` (torchgan, the paper)
   compiled_loop  ``torch.compile`` of that loop (float32, only the shapes in --bench-compile)
 
 Every round restores the weights drawn uniform in [-2c, 2c] before the timed call (untimed), and
-times one ``limit`` call just before it, so each contender's ratio to the limit is paired per round
+times one ``limit`` call just before it (its buffer restored by the same per-tensor copies), so
+each contender's ratio to the limit is paired per round
 (``extra_info["paired_ratio"]``, the median over rounds).
 """
 
@@ -24,8 +27,8 @@ import torch
 from bench_critics import DTYPES, HI, LO, SHAPES, C, Weights, build
 from bench_harness import compile_shapes, require_kernel
 
-CONTENDERS = ("limit", "fused_op", "fused_module", "fused_plan", "fallback", "foreach", "loop",
-              "compiled_loop")
+CONTENDERS = ("limit", "fused_op", "fused_module", "fused_plan", "fused_flat", "fallback", "foreach",
+              "loop", "compiled_loop")
 
 _cache: dict = {}
 
@@ -73,6 +76,11 @@ def make(contender, critic, params, dev, dtype, request):
         backend = require_kernel(dev.type)
         plan = plan_cls(critic, C, backend=dev.type)
         return plan, backend
+    if contender == "fused_flat":
+        from wgan_ext import FusedClipper
+
+        backend = require_kernel(dev.type)
+        return FusedClipper(critic, C, backend=dev.type, flatten=True), backend + ", flattened"
     if contender == "fallback":
         from wgan_ext import fused_clip_
 
@@ -110,7 +118,11 @@ def test_clip(run, dev, shape, dtype, contender, request):
     group = f"clip {dev.type} {shape} {dtype}"
 
     flat = torch.empty(numel, device=dev, dtype=DTYPES[dtype]).uniform_(2 * LO, 2 * HI)
-    flat_weights = Weights([flat])
+    # Restored through views sized like the critic's tensors: the same copies (a small tensor's
+    # copy_ runs on one thread, a big one's on all) as the contenders' restore, so the limit's
+    # bytes sit in the same cores' caches when its timed call starts. (One big copy_ would
+    # spread them over all cores, a placement no critic's weights have after an optimizer step.)
+    flat_weights = Weights(torch.split(flat, [p.numel() for p in params]))
     limit = lambda: flat.clamp_(LO, HI)  # noqa: E731
     if contender == "limit":
         run(limit, dev=dev, setup=flat_weights.restore, group=group, backend="aten clamp_", **info)
@@ -120,7 +132,12 @@ def test_clip(run, dev, shape, dtype, contender, request):
             run.device_time(lambda: flat.copy_(src), key="copy_device_us")
         return
 
+    if contender == "fused_flat":  # a twin: flattening moves the shared critic's memory
+        critic = build(shape, dev, DTYPES[dtype])
+        params = list(critic.parameters())
     fn, backend = make(contender, critic, params, dev, dtype, request)
+    if contender == "fused_flat":
+        weights = Weights(params)  # the moved parameters' memory
     run(fn, dev=dev, setup=weights.restore, group=group, backend=backend,
         ref=(limit, flat_weights.restore), **info)
     if dev.type == "cuda":

@@ -6,6 +6,7 @@ One group per (device, critic shape), float32. Contenders differ only in the cli
   loop           ``for p in critic.parameters(): p.data.clamp_(-c, c)``
   fused_module   ``fused_clip_(critic, c, backend=<device>)``
   fused_plan     ``FusedClipper(critic, c, backend=<device>)()``, if the package has it
+  fused_flat     the same with ``flatten=True`` (the parameters moved into one buffer first)
 
 The weights evolve as in training (no restore between rounds): RMSprop(lr=5e-5) moves a few of
 them out of [-c, c] each step and the clip brings them back. The clip call is also timed inside
@@ -25,7 +26,7 @@ import torch
 from bench_critics import CRITICS, C, HI, LO, build, input_shape
 from bench_harness import require_kernel
 
-CLIPS = ("none", "loop", "fused_module", "fused_plan")
+CLIPS = ("none", "loop", "fused_module", "fused_plan", "fused_flat")
 BATCH = {"cpu": 16, "cuda": 64}
 
 
@@ -48,6 +49,8 @@ def make_clip(clip, critic, dev):
     plan_cls = getattr(wgan_ext, "FusedClipper", None)
     if plan_cls is None:
         pytest.skip("wgan_ext has no cached-plan API (FusedClipper)")
+    if clip == "fused_flat":
+        return plan_cls(critic, C, backend=dev.type, flatten=True), backend + ", flattened"
     return plan_cls(critic, C, backend=dev.type), backend
 
 
