@@ -601,6 +601,23 @@ def test_adjacent_tensors_are_one_span_and_clip_right():
     assert torch.classes.wgan_ext.ClipPlan([buf[:10], buf[10:20].view(torch.int32).view(torch.float32)]).spans() == 1
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_adjacent_tensors_merge_into_runs_across_chunks(dtype):
+    # The CUDA launcher merges tensors adjacent in memory into one run and cuts runs into
+    # 128 KB chunks, so chunks straddle tensor boundaries; a gap or a misaligned start splits.
+    _ext.require("cuda")
+    buf = make_values(300_000, dtype, "cuda", 80)
+    views = [buf[0:100], buf[100:40_000].view(10, 3_990), buf[40_000:170_001], buf[170_001:170_002],
+             buf[170_003:299_999]]
+    want = buf.clone()
+    for a, b in ((0, 170_002), (170_003, 299_999)):
+        want[a:b].clamp_(-0.01, 0.01)
+    torch.ops.wgan_ext.fused_clip_(views, -0.01, 0.01)
+    assert_bit_equal(buf, want)
+
+
 @pytest.mark.parametrize("device,backend", _backends())
 def test_flatten_keeps_training_identical_and_clips_one_block(device, backend):
     # flatten=True moves every parameter into one buffer: values, shapes, requires_grad,
