@@ -24,6 +24,17 @@ fi
 export TORCH_CUDA_ARCH_LIST MAX_JOBS=${MAX_JOBS:-16} WGAN_EXT_CUDA=1
 step build 300 $PY setup.py build_ext --inplace
 step info 60 $PY -m wgan_ext.info
+# On one image an error raised inside the extension killed the process (SIGSEGV) instead of
+# raising: record the toolchain and whether that still happens (rc 139 = it does).
+{ command -v g++ c++ gcc; g++ --version | head -1; readelf -p .comment wgan_ext/_C*.so; } > "$OUT/toolchain.txt" 2>&1
+step exception_probe 60 $PY -c "
+import torch, wgan_ext
+wgan_ext._ext.require('cpu')
+try:
+    torch.ops.wgan_ext.fused_clip_([torch.zeros(2, dtype=torch.int64)], -1.0, 1.0)
+except TypeError as e:
+    print('raised normally:', e)
+"
 step tests ${TESTS_LIMIT:-240} $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs -k "not two_devices"
 step tests_mixed 60 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -k "two_devices"
 step launches 120 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
