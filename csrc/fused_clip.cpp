@@ -33,6 +33,15 @@ namespace {
 // inference or wrapper tensor) or an inference tensor outside InferenceMode sends the call
 // through the op, which checks everything.
 struct ClipPlan : torch::CustomClassHolder {
+  // Tensors whose elements are not simply their memory (a negative or conjugate view) or that
+  // wrap something else (Python subclasses such as FakeTensor, functional wrappers): the plan
+  // never writes through their pointers; the op's dispatcher decides what they mean. A
+  // `p.data = ...` that brings such keys changes the key set, which check() sees.
+  static c10::DispatchKeySet not_plain_memory() {
+    return c10::DispatchKeySet({c10::DispatchKey::Negative, c10::DispatchKey::Conjugate,
+        c10::DispatchKey::ZeroTensor, c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
+  }
+
   // What the cached table was built from, per tensor.
   struct Fingerprint {
     const c10::TensorImpl* impl;
@@ -55,7 +64,8 @@ struct ClipPlan : torch::CustomClassHolder {
     direct_cpu = true;
     for (const auto& t : tensors) {
       direct_cpu = direct_cpu && t.defined() && t.layout() == at::kStrided &&
-          t.device().is_cpu() && is_supported_dtype(t.scalar_type()) && t.has_storage();
+          t.device().is_cpu() && is_supported_dtype(t.scalar_type()) && t.has_storage() &&
+          !t.key_set().has_any(not_plain_memory());
     }
     if (direct_cpu) {
       snapshot();

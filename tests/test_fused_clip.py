@@ -367,6 +367,7 @@ def test_bad_bounds_raise_and_modify_nothing(c, exc, match):
         (torch.eye(3).to_sparse(), TypeError, r"critic\[1\] has layout torch.sparse_coo"),
         ("weight", TypeError, r"critic\[1\] must be a tensor or parameter, got str"),
         (None, TypeError, r"critic\[1\] must be a tensor or parameter, got NoneType"),
+        (torch.full((4,), 0.5)._neg_view(), TypeError, r"critic\[1\] is a negative view"),
     ],
 )
 @pytest.mark.parametrize("backend", ["auto", "cpu", "torch"])
@@ -563,6 +564,24 @@ def test_fused_clipper_follows_storage_changes(change):
     clip()  # and again, from the rebuilt table
     for p, w in zip(critic.parameters(), want):
         assert_bit_equal(p.detach(), w)
+
+
+def test_fused_clipper_refuses_a_swapped_in_negative_view_and_modifies_nothing():
+    # A negative view's memory holds -values: clamping that memory directly would be wrong, so
+    # the cached plan must send it to the op, whose dispatcher refuses it.
+    critic = torch.nn.Linear(3, 2)
+    clip = FusedClipper(critic, 0.01, backend="cpu")
+    with torch.no_grad():
+        critic.weight.mul_(100)
+    critic.bias.data = torch.full((2,), 0.5)._neg_view()
+    weight, bias = critic.weight.detach().clone(), critic.bias.detach().clone()
+    with pytest.raises(RuntimeError, match="negation"):
+        clip()
+    assert_bit_equal(critic.weight.detach(), weight)
+    assert_bit_equal(critic.bias.detach().resolve_neg(), bias.resolve_neg())
+    # built on one directly, a plan never takes the direct path either
+    assert torch.classes.wgan_ext.ClipPlan([torch.ones(2)._neg_view()]).spans() == -1
+    assert torch.classes.wgan_ext.ClipPlan([torch.ones(2)]).spans() == 1
 
 
 def test_fused_clipper_leaves_a_copy_on_write_clone_alone():

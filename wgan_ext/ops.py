@@ -89,6 +89,11 @@ def _check_tensors(tensors: Sequence[object]) -> None:
                 f"critic[{i}] has dtype {t.dtype}; fused_clip_ supports "
                 f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
             )
+        if t.is_neg():
+            raise TypeError(
+                f"critic[{i}] is a negative view (torch._neg_view); its memory holds the negated "
+                "values: pass t.resolve_neg() or a tensor that owns its values"
+            )
         if t.is_inference() and not torch.is_inference_mode_enabled():
             raise RuntimeError(
                 f"critic[{i}] is an inference tensor; in-place updates to it are only allowed "
