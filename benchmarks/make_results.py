@@ -290,7 +290,7 @@ def targets_gpu(summary, best, launches):
     out = ["Targets (from the issue; measured here, not asserted in tests):", ""]
     summary = {sd: r for sd, r in summary.items() if sd[0] not in PROBES}
     if launches:
-        fused = [r for r in launches["rows"] if r["method"] in ("fused_module", "fused_op", "fused_plan")]
+        fused = [r for r in launches["rows"] if r["method"].startswith("fused")]
         counts = sorted({r["kernels_per_call"] for r in fused})
         out.append("- one kernel launch per call whatever the tensor count: "
                    + ("**met**" if counts == [1.0] else f"kernels per call seen: {counts}")
