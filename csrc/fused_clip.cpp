@@ -42,9 +42,8 @@ struct ClipPlan : torch::CustomClassHolder {
         c10::DispatchKey::ZeroTensor, c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
   }
 
-  // What the cached table was built from, per tensor.
+  // What the cached table was built from, per tensor (prints[i] describes tensors[i]).
   struct Fingerprint {
-    const c10::TensorImpl* impl;
     c10::DispatchKeySet keys;
     const void* data;
     int64_t numel;
@@ -86,7 +85,7 @@ struct ClipPlan : torch::CustomClassHolder {
 
   static Fingerprint print_of(const at::Tensor& t) {
     const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-    return {impl, impl->key_set(), data_of(impl), impl->numel(), impl->dtype(),
+    return {impl->key_set(), data_of(impl), impl->numel(), impl->dtype(),
             impl->is_non_overlapping_and_dense()};
   }
 
@@ -107,38 +106,35 @@ struct ClipPlan : torch::CustomClassHolder {
       return 2;
     }
     int result = 0;
-    for (const auto& fp : prints) {
-      const c10::TensorImpl* t = fp.impl;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const c10::TensorImpl* t = tensors[i].unsafeGetTensorImpl();
+      const Fingerprint& fp = prints[i];
+      // A new device, dispatch key (a layout change brings one) or a storage-less tensor: let
+      // the op check it.
       if (t->key_set() != fp.keys || !t->is_cpu() ||
           t->unsafe_storage().unsafeGetStorageImpl() == nullptr) {
-        return 2;  // a new device, dispatch key or storage-less tensor: let the op check it
+        return 2;
       }
-      if (t->dtype() != fp.dtype || t->numel() != fp.numel || data_of(t) != fp.data ||
-          t->is_non_overlapping_and_dense() != fp.flat) {
+      if (t->dtype() != fp.dtype) {
+        if (!is_supported_dtype(c10::typeMetaToScalarType(t->dtype()))) {
+          return 2;  // the op raises the error
+        }
+        result = 1;
+      } else if (t->numel() != fp.numel || data_of(t) != fp.data ||
+                 t->is_non_overlapping_and_dense() != fp.flat) {
         result = 1;
       }
     }
     return result;
   }
 
-  // A stale table may be rebuilt only for what the kernel supports: the op checks the rest.
-  bool rebuildable() const {
-    for (const auto& t : tensors) {
-      if (t.layout() != at::kStrided || !is_supported_dtype(t.scalar_type())) {
-        return false;
-      }
-    }
-    return true;
-  }
-
   void clip_(double lo, double hi) {
     if (direct_cpu && std::isfinite(lo) && std::isfinite(hi) && lo <= hi) {
-      int state = check();
-      if (state == 1 && rebuildable()) {
+      const int state = check();
+      if (state == 1) {
         snapshot();
-        state = 0;
       }
-      if (state == 0) {
+      if (state < 2) {
         run_cpu_span_table(table, lo, hi);
         bump_versions(tensors);
         return;

@@ -245,48 +245,46 @@ class FusedClipper:
         if self.flatten:  # every check done: now move memory
             for group in groups.values():
                 _flatten_(group)
+        # (group, ClipPlan or None, its bound clip_ or None) per device. The bound method is
+        # looked up once: each `handle.clip_` lookup builds a new script method object (~4 us,
+        # more than the whole clip of an 800-tensor CPU critic's bookkeeping).
         self._plan = []
-        self._handles = []
         for device, group in groups.items():
             # The compiled path keeps the list on the C++ side (torch.classes.wgan_ext.ClipPlan):
             # passing a Python list to an op converts it tensor by tensor on every call.
             handle = torch.classes.wgan_ext.ClipPlan(group) if kernels[device] else None
-            # The bound method, looked up once: each `handle.clip_` lookup builds a new script
-            # method object (~4 us, more than the whole clip of an 800-tensor CPU critic's
-            # bookkeeping).
-            self._plan.append((group, handle.clip_ if handle is not None else None))
-            self._handles.append(handle)
+            self._plan.append((group, handle, handle.clip_ if handle is not None else None))
 
     @property
     def tensors(self) -> list:
         """The tensors this clipper clamps, grouped by device."""
-        return [t for group, _ in self._plan for t in group]
+        return [t for group, _, _ in self._plan for t in group]
 
     def spans(self) -> list:
         """Per device group: the blocks of memory a compiled CPU plan clamps (tensors adjacent
         in memory count once, so a flattened critic gives 1 per dtype); -1 where the group goes
         through the op or the reference."""
-        return [h.spans() if h is not None else -1 for h in self._handles]
+        return [h.spans() if h is not None else -1 for _, h, _ in self._plan]
 
     def __call__(self) -> None:
         """Clamp every collected tensor in place to ``[lo, hi]``."""
         if torch.compiler.is_compiling():  # a script object cannot be traced: use the op
-            for group, handle in self._plan:
+            for group, handle, _ in self._plan:
                 _run(group, self.lo, self.hi, handle is not None)
             return
-        for group, clip_ in self._plan:
+        for group, _, clip_ in self._plan:
             if clip_ is not None:
                 clip_(self.lo, self.hi)
             else:
                 clamp_tensors_(group, self.lo, self.hi)
 
     def __repr__(self) -> str:
-        n = sum(len(g) for g, _ in self._plan)
+        n = sum(len(g) for g, _, _ in self._plan)
         return (f"FusedClipper({n} tensors, lo={self.lo}, hi={self.hi}, backend={self.backend!r}"
                 f"{', flatten=True' if self.flatten else ''})")
 
 
-def _flatten_(tensors: Sequence[torch.Tensor]) -> int:
+def _flatten_(tensors: Sequence[torch.Tensor]) -> None:
     """Move ``tensors`` into one contiguous buffer per (device, dtype), in order, in place.
 
     Each moved tensor keeps its object, values, shape and autograd state; its ``.data`` becomes
@@ -294,8 +292,7 @@ def _flatten_(tensors: Sequence[torch.Tensor]) -> int:
     so that ``fused_clip_``'s kernels clamp them as one block. Only tensors that are contiguous
     and the sole view of their whole storage are moved (a slice, a transposed or expanded
     tensor, or two listed tensors sharing memory keep theirs); a (device, dtype) with fewer than
-    two of them is left alone. Returns how many tensors moved. All buffers are allocated before
-    the first tensor moves.
+    two of them is left alone. All buffers are allocated before the first tensor moves.
     """
     owners: dict = {}
     for t in tensors:
@@ -313,15 +310,11 @@ def _flatten_(tensors: Sequence[torch.Tensor]) -> int:
         buffers = {k: torch.empty(sum(t.numel() for t in v), device=k[0], dtype=k[1])
                    for k, v in runs.items()}
         for key, run in runs.items():
-            offset = 0
-            views = []
-            for t in run:
-                views.append(buffers[key][offset:offset + t.numel()].view(t.shape))
-                offset += t.numel()
+            pieces = torch.split(buffers[key], [t.numel() for t in run])
+            views = [v.view(t.shape) for v, t in zip(pieces, run)]
             torch._foreach_copy_(views, [t.detach() for t in run])
             for t, v in zip(run, views):
                 t.data = v
-    return sum(len(v) for v in runs.values())
 
 
 def _choose(device: torch.device, backend: str, compiling: bool) -> bool:
