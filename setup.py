@@ -80,7 +80,8 @@ def _extensions() -> tuple[list, dict]:
     exts = [
         cpp_extension.CppExtension(
             name="wgan_ext._C",
-            sources=[_rel("csrc", "fused_clip.cpp"), _rel("csrc", "cpu", "fused_clip_kernel.cpp")],
+            sources=[_rel("csrc", "fused_clip.cpp"), _rel("csrc", "cpu", "fused_clip_kernel.cpp"),
+                     _rel("csrc", "python_module.cpp")],
             extra_compile_args={"cxx": CXX_FLAGS + OPENMP_FLAGS},
             extra_link_args=OPENMP_FLAGS,
         )

@@ -4,7 +4,6 @@
 // aten::_foreach_clamp_min_, so functionalization / torch.compile and opcheck treat it correctly.
 // Backends register their kernels separately: csrc/cpu/ (in this library) and csrc/cuda/ (in the
 // optional _C_cuda library, which a CPU-only machine never loads).
-#include <Python.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -22,16 +21,30 @@ namespace {
 
 // A tensor list kept on the C++ side, so that calling the op from Python does not convert the
 // list element by element on every call (about 0.17 us per tensor through the Python binding).
-// FusedClipper uses it. For a list of CPU tensors validated at construction it also keeps the
-// CPU kernel's span table and calls the kernel directly: no dispatch-key scans, no argument
-// checks, no table rebuild.
+// For a list of CPU tensors validated at construction it also keeps the CPU kernel's span table
+// and calls the kernel directly: no dispatch-key scans, no argument checks, no table rebuild.
 //
 // Each call re-checks what `p.data = ...`, `resize_` or `set_` could have changed behind its
 // back, reading TensorImpl fields through inline accessors only (a few ns per tensor: the
 // out-of-line device()/data_ptr() calls cost more than the clamp of a small tensor). A change
 // of pointer, size, dtype or density rebuilds the table; a change of device, key set (an
-// inference or wrapper tensor) or an inference tensor outside InferenceMode sends the call
-// through the op, which checks everything.
+// inference or wrapper tensor) or an inference tensor outside InferenceMode is for the op,
+// which checks everything.
+//
+// Two kinds:
+// * owning (FusedClipper): holds its tensors; clip_() always clips, through the op when the
+//   cached table cannot be trusted.
+// * borrowing (fused_clip_'s per-module cache, wgan_ext/_plan_cache.py): holds bare
+//   TensorImpl pointers, so a cache entry keeps no memory alive and does not block
+//   torch.utils.swap_tensors (which refuses a TensorImpl that anything else references, even
+//   weakly). The caller must prove each pointer is a live tensor right before the call: it
+//   compares the module's fingerprint (the addresses of its parameters' TensorImpls, taken in
+//   C++ by wgan_ext._C.module_fingerprint) with the one recorded with the plan. Whether the
+//   TensorImpl at an address is the original or a new one at a reused address does not
+//   matter: the per-call check reads the live object's fields, so the plan writes exactly the
+//   memory that tensor now has. try_clip_() clips only when nothing needs the op's checks, and
+//   otherwise writes nothing and returns false: the caller then takes the checked path, where
+//   errors are raised in Python.
 struct ClipPlan : torch::CustomClassHolder {
   // Tensors whose elements are not simply their memory (a negative or conjugate view) or that
   // wrap something else (Python subclasses such as FakeTensor, functional wrappers): the plan
@@ -42,32 +55,45 @@ struct ClipPlan : torch::CustomClassHolder {
         c10::DispatchKey::ZeroTensor, c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
   }
 
-  // What the cached table was built from, per tensor (prints[i] describes tensors[i]).
+  // What the plan was built from, per tensor (prints[i] describes impls[i]).
   struct Fingerprint {
     c10::DispatchKeySet keys;
     const void* data;
     int64_t numel;
     caffe2::TypeMeta dtype;
+    c10::Device device;
     bool flat;
   };
 
-  std::vector<at::Tensor> tensors;
+  std::vector<at::Tensor> tensors;       // owning plans only
+  std::vector<c10::TensorImpl*> impls;   // both: what the per-call checks read
+  bool owning = true;
   bool direct_cpu = false;
   bool any_inference = false;
   std::vector<Fingerprint> prints;
   CpuSpanTable table;
 
-  explicit ClipPlan(std::vector<at::Tensor> ts) {
+  // `direct=false` makes every call go through the op (tests use it to reach that path on a
+  // CPU-only machine).
+  ClipPlan(std::vector<at::Tensor> ts, bool owning_, bool direct) : owning(owning_) {
     auto unique = drop_duplicates(ts);
-    tensors = unique.empty() ? std::move(ts) : std::move(unique);
-    direct_cpu = true;
-    for (const auto& t : tensors) {
-      direct_cpu = direct_cpu && t.defined() && t.layout() == at::kStrided &&
-          t.device().is_cpu() && is_supported_dtype(t.scalar_type()) && t.has_storage() &&
+    std::vector<at::Tensor> list = unique.empty() ? std::move(ts) : std::move(unique);
+    direct_cpu = direct;
+    for (const auto& t : list) {
+      TORCH_CHECK_TYPE(t.defined(), "ClipPlan: undefined tensor");
+      impls.push_back(t.unsafeGetTensorImpl());
+      direct_cpu = direct_cpu && t.layout() == at::kStrided && t.device().is_cpu() &&
+          is_supported_dtype(t.scalar_type()) && t.has_storage() &&
           !t.key_set().has_any(not_plain_memory());
     }
-    if (direct_cpu) {
-      snapshot();
+    snapshot(list);
+    if (owning) {
+      tensors = std::move(list);
+    } else if (!table.strided.empty()) {
+      // The table would own its strided tensors: a borrowing plan sends such a list through
+      // the op instead (parameters are practically always dense).
+      direct_cpu = false;
+      table = CpuSpanTable();
     }
   }
 
@@ -83,31 +109,45 @@ struct ClipPlan : torch::CustomClassHolder {
         t->dtype().itemsize() * t->storage_offset();
   }
 
-  static Fingerprint print_of(const at::Tensor& t) {
-    const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-    return {impl->key_set(), data_of(impl), impl->numel(), impl->dtype(),
-            impl->is_non_overlapping_and_dense()};
+  static Fingerprint print_of(const c10::TensorImpl* impl, bool with_data) {
+    return {impl->key_set(), with_data ? data_of(impl) : nullptr, impl->numel(), impl->dtype(),
+            impl->device(), impl->is_non_overlapping_and_dense()};
   }
 
-  void snapshot() {
+  // Borrowing plans: references for the length of one call (the caller vouched that every
+  // pointer is a live tensor).
+  std::vector<at::Tensor> borrow() const {
+    std::vector<at::Tensor> out;
+    out.reserve(impls.size());
+    for (auto* impl : impls) {
+      out.emplace_back(
+          c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim_copy(impl));
+    }
+    return out;
+  }
+
+  void snapshot(at::TensorList list) {
     prints.clear();
-    prints.reserve(tensors.size());
+    prints.reserve(list.size());
     any_inference = false;
-    for (const auto& t : tensors) {
-      prints.push_back(print_of(t));
+    for (const auto& t : list) {
+      prints.push_back(print_of(t.unsafeGetTensorImpl(), direct_cpu));
       any_inference = any_inference || t.is_inference();
     }
-    table = build_cpu_span_table(tensors);
+    if (direct_cpu) {
+      table = build_cpu_span_table(list);
+    }
   }
 
-  // 0: table valid; 1: table stale but the list can still go direct; 2: go through the op.
+  // Direct CPU plans. 0: table valid; 1: table stale but the list can still go direct; 2: for
+  // the op.
   int check() const {
     if (any_inference && !c10::InferenceMode::is_enabled()) {
       return 2;
     }
     int result = 0;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const c10::TensorImpl* t = tensors[i].unsafeGetTensorImpl();
+    for (size_t i = 0; i < impls.size(); ++i) {
+      const c10::TensorImpl* t = impls[i];
       const Fingerprint& fp = prints[i];
       // A new device, dispatch key (a layout change brings one) or a storage-less tensor: let
       // the op check it.
@@ -128,25 +168,88 @@ struct ClipPlan : torch::CustomClassHolder {
     return result;
   }
 
-  void clip_(double lo, double hi) {
-    if (direct_cpu && std::isfinite(lo) && std::isfinite(hi) && lo <= hi) {
-      const int state = check();
-      if (state == 1) {
-        snapshot();
-      }
-      if (state < 2) {
-        run_cpu_span_table(table, lo, hi);
-        bump_versions(tensors);
-        return;
+  // Borrowing plans that go through the op: the op would accept the list unchanged (same keys,
+  // device and dtype as when it was checked in Python), so it will not raise.
+  bool op_ready() const {
+    if (any_inference && !c10::InferenceMode::is_enabled()) {
+      return false;
+    }
+    for (size_t i = 0; i < impls.size(); ++i) {
+      const c10::TensorImpl* t = impls[i];
+      const Fingerprint& fp = prints[i];
+      if (t->key_set() != fp.keys || t->dtype() != fp.dtype || t->device() != fp.device) {
+        return false;
       }
     }
+    return true;
+  }
+
+  // False (nothing written) if a borrowing plan's rebuilt table has a strided tensor (the plan
+  // then goes through the op from here on).
+  bool run_direct(int state, double lo, double hi) {
+    if (state == 1) {
+      if (owning) {
+        snapshot(tensors);
+      } else {
+        snapshot(borrow());
+        if (!table.strided.empty()) {
+          direct_cpu = false;
+          table = CpuSpanTable();
+          return false;
+        }
+      }
+    }
+    run_cpu_span_table(table, lo, hi);
+    for (auto* impl : impls) {
+      impl->bump_version();
+    }
+    return true;
+  }
+
+  static void call_op(at::TensorList list, double lo, double hi) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("wgan_ext::fused_clip_", "")
                          .typed<void(at::TensorList, double, double)>();
-    op.call(tensors, lo, hi);
+    op.call(list, lo, hi);
   }
 
-  int64_t size() const { return static_cast<int64_t>(tensors.size()); }
+  static bool valid_bounds(double lo, double hi) {
+    return std::isfinite(lo) && std::isfinite(hi) && lo <= hi;
+  }
+
+  // Owning plans: clamp every tensor, through the op when the table cannot be trusted.
+  void clip_(double lo, double hi) {
+    TORCH_CHECK(owning, "ClipPlan.clip_: a borrowing plan only offers try_clip_");
+    if (direct_cpu && valid_bounds(lo, hi)) {
+      const int state = check();
+      if (state < 2 && run_direct(state, lo, hi)) {
+        return;
+      }
+    }
+    call_op(tensors, lo, hi);
+  }
+
+  // Borrowing plans: true if try_clip_ would clip now (nothing written). Only valid right
+  // after the caller vouched for the pointers (see the comment above the struct).
+  bool ready(double lo, double hi) const {
+    if (owning || !valid_bounds(lo, hi)) {
+      return false;
+    }
+    return direct_cpu ? check() < 2 : op_ready();
+  }
+
+  bool try_clip_(double lo, double hi) {
+    if (!ready(lo, hi)) {
+      return false;
+    }
+    if (direct_cpu) {
+      return run_direct(check(), lo, hi);
+    }
+    call_op(borrow(), lo, hi);
+    return true;
+  }
+
+  int64_t size() const { return static_cast<int64_t>(impls.size()); }
 
   // Memory spans in the cached CPU table (tensors adjacent in memory share one); -1 when the
   // plan goes through the op. For tests and benchmarks.
@@ -181,19 +284,15 @@ void fused_clip_autograd(at::TensorList tensors, double lo, double hi) {
 TORCH_LIBRARY(wgan_ext, m) {
   m.def("fused_clip_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
   m.class_<wgan_ext::ClipPlan>("ClipPlan")
-      .def(torch::init<std::vector<at::Tensor>>())
+      .def(torch::init<std::vector<at::Tensor>, bool, bool>(), "",
+          {torch::arg("tensors"), torch::arg("owning") = true, torch::arg("direct") = true})
       .def("clip_", &wgan_ext::ClipPlan::clip_)
+      .def("try_clip_", &wgan_ext::ClipPlan::try_clip_)
+      .def("ready", &wgan_ext::ClipPlan::ready)
       .def("size", &wgan_ext::ClipPlan::size)
       .def("spans", &wgan_ext::ClipPlan::spans);
 }
 
 TORCH_LIBRARY_IMPL(wgan_ext, Autograd, m) {
   m.impl("fused_clip_", &wgan_ext::fused_clip_autograd);
-}
-
-// `import wgan_ext._C` loads this shared library, which registers the op through the static
-// initialiser above; the Python module itself is empty.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
 }

@@ -20,11 +20,12 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["available", "is_loaded", "require", "status", "source_dir", "BackendStatus"]
+__all__ = ["available", "is_loaded", "require", "status", "source_dir", "module_fingerprint",
+           "BackendStatus"]
 
 _PKG_DIR = Path(__file__).resolve().parent
 
@@ -37,6 +38,7 @@ class BackendStatus:
     how: Optional[str] = None
     reason: str = ""
     attempts: list = field(default_factory=list)
+    module: Any = None  # the CPU library's Python module (csrc/python_module.cpp)
 
     @property
     def loaded(self) -> bool:
@@ -94,7 +96,7 @@ def _default_cuda_home() -> None:
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
-def _jit(name: str, sources: list, cuda: bool) -> None:
+def _jit(name: str, sources: list, cuda: bool) -> Any:
     _default_cuda_home()
     from torch.utils import cpp_extension
 
@@ -106,12 +108,14 @@ def _jit(name: str, sources: list, cuda: bool) -> None:
         sources=[str(s) for s in sources],
         extra_cflags=flags + openmp,
         extra_ldflags=openmp,
-        is_python_module=False,
+        # The CPU library is also a Python module (csrc/python_module.cpp); the CUDA one only
+        # registers its kernel.
+        is_python_module=not cuda,
         verbose=os.environ.get("WGAN_EXT_VERBOSE_BUILD") == "1",
     )
     if cuda:
         kwargs["extra_cuda_cflags"] = ["-O3", "--expt-relaxed-constexpr"]
-    cpp_extension.load(**kwargs)
+    return cpp_extension.load(**kwargs)
 
 
 def _load(name: str) -> BackendStatus:
@@ -128,9 +132,10 @@ def _load(name: str) -> BackendStatus:
 
     module = "wgan_ext._C" if name == "cpu" else "wgan_ext._C_cuda"
     try:
-        importlib.import_module(module)
+        imported = importlib.import_module(module)
         if _has_kernel(key):
             st.how = "prebuilt"
+            st.module = imported
             if name == "cpu":
                 _register_fake()
             return st
@@ -154,15 +159,17 @@ def _load(name: str) -> BackendStatus:
             return st
         sources, jit_name = [src / "cuda" / "fused_clip_kernel.cu"], "wgan_ext_C_cuda"
     else:
-        sources, jit_name = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp"], "wgan_ext_C"
+        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_module.cpp"]
+        jit_name = "wgan_ext_C"
     try:
-        _jit(jit_name, sources, cuda=name == "cuda")
+        built = _jit(jit_name, sources, cuda=name == "cuda")
     except Exception as e:  # compiler missing, build error, ninja missing...
         st.attempts.append(f"JIT build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1:]})")
         st.reason = "; ".join(st.attempts)
         return st
     if _has_kernel(key):
         st.how = "jit"
+        st.module = built
         if name == "cpu":
             _register_fake()
     else:
@@ -210,3 +217,10 @@ def require(name: str) -> None:
     st = status(name)
     if not st.loaded:
         raise RuntimeError(f"wgan_ext: backend={name!r} requested but its kernel is unavailable: {st.reason}")
+
+
+def module_fingerprint() -> Optional[Callable]:
+    """The CPU library's ``module_fingerprint(module, expected=None)``, or None if that library
+    is not loaded (or is a build without it). Never builds: loaded by the first CPU request."""
+    st = _status.get("cpu")
+    return getattr(st.module, "module_fingerprint", None) if st is not None else None

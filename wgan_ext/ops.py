@@ -16,7 +16,7 @@ from typing import Iterable, Literal, Sequence, Tuple, Union
 
 import torch
 
-from . import _ext
+from . import _ext, _plan_cache
 from .fallback import clamp_tensors_
 
 __all__ = ["fused_clip_", "FusedClipper", "resolve_bounds", "SUPPORTED_DTYPES", "Backend"]
@@ -161,18 +161,30 @@ def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None
     lo, hi = resolve_bounds(c)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if isinstance(critic, torch.nn.Module) and not torch.compiler.is_compiling():
+        # A module's plan is cached while its parameters stay the same tensors
+        # (wgan_ext/_plan_cache.py): the calls after the first skip the parameters() walk
+        # and the Python checks.
+        state = _plan_cache.try_clip_(critic, lo, hi, backend)
+        if state != _plan_cache.CLIPPED:
+            groups = _clip_list_(_collect(critic), lo, hi, backend)
+            if state == _plan_cache.STALE and groups:
+                _plan_cache.remember(critic, backend, groups)
+        return
     _clip_list_(_collect(critic), lo, hi, backend)
 
 
-def _clip_list_(tensors: list, lo: float, hi: float, backend: str) -> None:
+def _clip_list_(tensors: list, lo: float, hi: float, backend: str) -> list:
+    """Check, de-duplicate, group by device and clip. Returns the ``(group, use_kernel)`` list it
+    ran (empty under dynamo or for no tensors)."""
     if not tensors:
-        return
+        return []
     if torch.compiler.is_compiling():
         # Under dynamo: no Python-side checks on tensor objects (they would graph-break); the
         # op's fake kernel and real kernel check for themselves.
         for device, group in _group_by_device(tensors).items():
             _run(group, lo, hi, _choose(device, backend, compiling=True))
-        return
+        return []
 
     # Every check runs here, in Python, before the op is called: the compiled kernels check too,
     # but an error thrown inside the extension is the path to avoid (on one GPU machine, a build
@@ -184,6 +196,7 @@ def _clip_list_(tensors: list, lo: float, hi: float, backend: str) -> None:
             for device, group in _group_by_device(tensors).items()]
     for group, use_kernel in plan:  # every check done: now write
         _run(group, lo, hi, use_kernel)
+    return plan
 
 
 def _run(group: list, lo: float, hi: float, use_kernel: bool) -> None:
