@@ -4,7 +4,8 @@ One pytest-benchmark group per (device, critic shape, dtype); in each group:
 
   limit          one ``clamp_`` over a single flat buffer with the critic's element count
   fused_op       ``torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)`` on a prepared list (kernel)
-  fused_module   ``fused_clip_(critic, c, backend=<device>)`` (kernel + collecting parameters)
+  fused_module   ``fused_clip_(critic, c, backend=<device>)`` (kernel + the per-module cache's
+                 check that the parameters are the same tensors; the first call collects them)
   fused_plan     a cached-plan object, if the package has one (``wgan_ext.FusedClipper``)
   fused_flat     ``FusedClipper(critic, c, flatten=True)``: the parameters moved into one buffer
                  first (on a twin critic built the same way, so the others keep theirs)

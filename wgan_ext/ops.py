@@ -167,7 +167,8 @@ def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None
     lo, hi = resolve_bounds(c)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if isinstance(critic, torch.nn.Module) and not torch.compiler.is_compiling():
+    if (isinstance(critic, torch.nn.Module) and backend != "torch"
+            and not torch.compiler.is_compiling()):
         # A module's plan is cached while its parameters stay the same tensors
         # (wgan_ext/_plan_cache.py): the calls after the first skip the parameters() walk
         # and the Python checks.
