@@ -411,3 +411,11 @@ def test_first_use_build_is_a_python_module_with_the_fingerprint(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["ok", "jit"]
+
+
+def test_info_reports_the_cache(capsys):
+    from wgan_ext import info
+
+    assert info.collect()["module_plan_cache"] is True  # the CPU library loaded (module skip above)
+    assert info.main([]) == 0
+    assert "fused_clip_(module) plan cache: on" in capsys.readouterr().out
