@@ -35,8 +35,9 @@ try:
 except TypeError as e:
     print('raised normally:', e)
 "
-step tests ${TESTS_LIMIT:-240} $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -rs -k "not two_devices"
-step tests_mixed 60 $PY -m pytest tests/test_fused_clip.py -q -p no:cacheprovider -k "two_devices"
+step tests ${TESTS_LIMIT:-240} $PY -m pytest tests/test_fused_clip.py tests/test_plan_cache.py -q -p no:cacheprovider -rs \
+  -k "not two_devices and not first_use_build"
+step tests_mixed 60 $PY -m pytest tests/test_fused_clip.py tests/test_plan_cache.py -q -p no:cacheprovider -k "two_devices"
 step launches 120 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
 if [ "${1:-}" != "--quick" ]; then
   step bench ${BENCH_LIMIT:-300} $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
