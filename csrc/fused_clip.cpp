@@ -239,11 +239,15 @@ struct ClipPlan : torch::CustomClassHolder {
   }
 
   bool try_clip_(double lo, double hi) {
-    if (!ready(lo, hi)) {
+    if (owning || !valid_bounds(lo, hi)) {
       return false;
     }
     if (direct_cpu) {
-      return run_direct(check(), lo, hi);
+      const int state = check();  // once: ready() would check every tensor a second time
+      return state < 2 && run_direct(state, lo, hi);
+    }
+    if (!op_ready()) {
+      return false;
     }
     call_op(borrow(), lo, hi);
     return true;
