@@ -6,8 +6,9 @@
 //
 // the address of every module type and every parameter's TensorImpl in an nn.Module tree,
 // packed into bytes. fused_clip_(module) caches a plan per module and re-uses it while the
-// fingerprint is unchanged: walking `_modules` / `_parameters` here costs a few ns per entry,
-// where `module.parameters()` costs ~1-2 us per module (nested Python generators).
+// fingerprint is unchanged: walking `_modules` / `_parameters` here costs ~70 ns per module
+// (~175 ns when the module objects are not in cache), where `module.parameters()` costs
+// ~1-2 us per module (nested Python generators).
 //
 // Why equal fingerprints mean "parameters() would return the same tensors": the walk reads the
 // same dicts parameters() reads (the caller only caches trees whose module types do not override

@@ -152,8 +152,8 @@ def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None
 
     For an ``nn.Module``, the first call's argument work (collecting, checking and grouping the
     parameters) is cached with the module and re-used while its parameters are the same tensors:
-    each later call checks that in C++ (a fingerprint of the module tree, a few ns per module
-    and parameter) instead of walking ``parameters()`` in Python. Any change (a parameter
+    each later call checks that in C++ (a fingerprint of the module tree, ~0.1 us per module)
+    instead of walking ``parameters()`` and checking each tensor in Python (~1-3 us each). Any change (a parameter
     added, removed, replaced or swapped, memory moved by ``p.data = ...`` or ``.to()``) is seen
     and handled as on a first call. The cache holds no reference to any tensor.
     :class:`FusedClipper` skips even that check: for the tightest training loop.
