@@ -6,8 +6,8 @@
 //
 // the address of every module type and every parameter's TensorImpl in an nn.Module tree,
 // packed into bytes. fused_clip_(module) caches a plan per module and re-uses it while the
-// fingerprint is unchanged: walking `_modules` / `_parameters` here costs ~70 ns per module
-// (~175 ns when the module objects are not in cache), where `module.parameters()` costs
+// fingerprint is unchanged: walking `_modules` / `_parameters` here costs ~50-60 ns per module
+// (~125 ns when the module objects are not in cache), where `module.parameters()` costs
 // ~1-2 us per module (nested Python generators).
 //
 // Why equal fingerprints mean "parameters() would return the same tensors": the walk reads the
@@ -31,64 +31,94 @@ PyObject* g_parameters_name = nullptr;  // "_parameters"
 // A tree this large is not a critic (or it has a cycle): no fingerprint.
 constexpr size_t kMaxEntries = size_t{1} << 20;
 
-struct Ref {  // an owned reference, released on scope exit
-  PyObject* p;
-  explicit Ref(PyObject* o) : p(o) {}
-  ~Ref() { Py_XDECREF(p); }
-  Ref(const Ref&) = delete;
-  Ref& operator=(const Ref&) = delete;
-};
-
-// Appends the tree's fingerprint to `out`. False (and no Python error set) if the tree cannot
-// be fingerprinted: an attribute that is missing or not a dict, a parameter that is not a
-// tensor, or more than `cap` entries.
+// Appends the tree's fingerprint to `out`, level by level. False (and no Python error set) if
+// the tree cannot be fingerprinted: an attribute that is missing or not a dict, a parameter that
+// is not a tensor, or more than `cap` entries (a cycle ends there).
+//
+// Each level goes through its modules in stages (instance dicts, then the two dicts in each,
+// then their contents) rather than one module at a time: the iterations of a stage do not
+// depend on each other, so the cache misses of many modules overlap. Right after an optimizer
+// step has rewritten the weights, the module objects are out of cache and those misses are
+// most of the cost: small800 then takes ~100 us instead of ~130 us one module at a time
+// (~10 % slower when everything is in cache).
 bool walk(PyObject* root, size_t cap, std::vector<uintptr_t>& out) {
-  // Owned references to the modules still to visit.
-  std::vector<PyObject*> stack;
+  std::vector<PyObject*> level{root};  // owned references
   Py_INCREF(root);
-  stack.push_back(root);
+  std::vector<PyObject*> dicts;        // owned: each module's instance dict
+  std::vector<PyObject*> params;       // borrowed from `dicts`
+  std::vector<PyObject*> children;     // borrowed from `dicts`
+  std::vector<PyObject*> next;
   bool ok = true;
-  while (ok && !stack.empty()) {
-    Ref module(stack.back());
-    stack.pop_back();
-    out.push_back(reinterpret_cast<uintptr_t>(Py_TYPE(module.p)));
-    // Straight from the instance dict: half the cost of two getattr calls. The same values
-    // as getattr gives, because the caller only caches trees whose types define no class
-    // attribute of these names (only a data descriptor could take precedence over the dict).
-    Ref dict(PyObject_GenericGetDict(module.p, nullptr));
-    PyObject* params = dict.p ? PyDict_GetItemWithError(dict.p, g_parameters_name) : nullptr;
-    PyObject* children = params ? PyDict_GetItemWithError(dict.p, g_modules_name) : nullptr;
-    if (children == nullptr || !PyDict_Check(params) || !PyDict_Check(children)) {
-      PyErr_Clear();
-      ok = false;
-      break;
-    }
-    Py_ssize_t pos = 0;
-    PyObject* key = nullptr;
-    PyObject* value = nullptr;
-    // Borrowed references, from a dict this function owns; no Python code runs in the loops.
-    while (PyDict_Next(params, &pos, &key, &value)) {
-      if (value == Py_None) {
-        continue;  // parameters() skips None entries too
-      }
-      // A type check through the MRO: THPVariable_Check's isinstance() goes through the
-      // metaclass's __instancecheck__ for a Parameter (~0.1 us) and may throw.
-      if (!PyObject_TypeCheck(value, reinterpret_cast<PyTypeObject*>(THPVariableClass))) {
+  while (ok && !level.empty()) {
+    for (PyObject* m : level) {
+      out.push_back(reinterpret_cast<uintptr_t>(Py_TYPE(m)));
+      // Straight from the instance dict: half the cost of two getattr calls. The same values
+      // as getattr gives, because the caller only caches trees whose types define no class
+      // attribute of these names (only a data descriptor could take precedence over the dict).
+      PyObject* d = PyObject_GenericGetDict(m, nullptr);
+      if (d == nullptr) {
         ok = false;
         break;
       }
-      out.push_back(reinterpret_cast<uintptr_t>(THPVariable_Unpack(value).unsafeGetTensorImpl()));
+      dicts.push_back(d);
     }
-    pos = 0;
-    while (ok && PyDict_Next(children, &pos, &key, &value)) {
-      if (value != Py_None) {
-        Py_INCREF(value);
-        stack.push_back(value);
+    for (size_t i = 0; ok && i < dicts.size(); ++i) {
+      PyObject* p = PyDict_GetItemWithError(dicts[i], g_parameters_name);
+      PyObject* c = p ? PyDict_GetItemWithError(dicts[i], g_modules_name) : nullptr;
+      if (c == nullptr || !PyDict_Check(p) || !PyDict_Check(c)) {
+        ok = false;
+        break;
+      }
+      params.push_back(p);
+      children.push_back(c);
+    }
+    // Borrowed references from dicts this function owns; no Python code runs in these loops.
+    for (size_t i = 0; ok && i < params.size(); ++i) {
+      Py_ssize_t pos = 0;
+      PyObject* key = nullptr;
+      PyObject* value = nullptr;
+      while (PyDict_Next(params[i], &pos, &key, &value)) {
+        if (value == Py_None) {
+          continue;  // parameters() skips None entries too
+        }
+        // A type check through the MRO: THPVariable_Check's isinstance() goes through the
+        // metaclass's __instancecheck__ for a Parameter (~0.1 us) and may throw.
+        if (!PyObject_TypeCheck(value, reinterpret_cast<PyTypeObject*>(THPVariableClass))) {
+          ok = false;
+          break;
+        }
+        out.push_back(
+            reinterpret_cast<uintptr_t>(THPVariable_Unpack(value).unsafeGetTensorImpl()));
+      }
+    }
+    for (size_t i = 0; ok && i < children.size(); ++i) {
+      Py_ssize_t pos = 0;
+      PyObject* key = nullptr;
+      PyObject* value = nullptr;
+      while (PyDict_Next(children[i], &pos, &key, &value)) {
+        if (value != Py_None) {
+          Py_INCREF(value);
+          next.push_back(value);
+        }
       }
     }
     ok = ok && out.size() <= cap;
+    params.clear();
+    children.clear();
+    for (PyObject* d : dicts) {
+      Py_DECREF(d);
+    }
+    dicts.clear();
+    for (PyObject* m : level) {
+      Py_DECREF(m);
+    }
+    level.swap(next);
+    next.clear();
   }
-  for (PyObject* m : stack) {
+  if (!ok) {
+    PyErr_Clear();
+  }
+  for (PyObject* m : level) {
     Py_DECREF(m);
   }
   return ok;
