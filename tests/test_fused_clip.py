@@ -1,7 +1,8 @@
 """fused_clip_ against torch's own clamp_, on every backend available here.
 
-Every value check compares bit patterns with ``t.clone().clamp_(lo, hi)`` on the same device,
-the definition the kernels promise to reproduce. CUDA cases run where a GPU is visible and are
+Every value check compares bit patterns with ``clamp_ref(t, lo, hi)`` on the same device:
+``t.clone().clamp_(lo, hi)`` with each NaN kept bit for bit, the definition the kernels and
+the fallback promise to reproduce. CUDA cases run where a GPU is visible and are
 skipped (with a reason) elsewhere.
 """
 
@@ -50,6 +51,21 @@ def assert_bit_equal(got: torch.Tensor, want: torch.Tensor) -> None:
         )
 
 
+def clamp_ref(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``t.clamp(lo, hi)`` with every NaN left bit for bit as it was: the contract of fused_clip_.
+
+    That is what ``clamp_`` gives on CUDA and in the scalar part of its CPU loop; the vectorised
+    part of the CPU loop sends float16/bfloat16 NaNs through float and back (quieted, or
+    0xFFFF), depending on where they fall (wgan_ext/fallback.py). The NaNs are copied back as
+    integers: a lone NaN written back as a float goes through a Scalar and comes back canonical.
+    """
+    out = t.clone().clamp_(lo, hi)
+    nan = t.isnan()
+    as_int = INT_VIEW[t.element_size()]
+    out.view(as_int)[nan] = t.view(as_int)[nan]
+    return out
+
+
 def make_values(n: int, dtype: torch.dtype, device: str, seed: int, scale: float = 0.03) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, generator=g, dtype=torch.float64) * scale
@@ -65,10 +81,27 @@ def make_values(n: int, dtype: torch.dtype, device: str, seed: int, scale: float
 def test_matches_clamp_bit_for_bit(device, backend, dtype):
     sizes = [0, 1, 3, 7, 8, 9, 31, 1000, 4097, 70_001]
     tensors = [make_values(n, dtype, device, seed=i) for i, n in enumerate(sizes)]
-    want = [t.clone().clamp_(-0.01, 0.01) for t in tensors]
+    want = [clamp_ref(t, -0.01, 0.01) for t in tensors]
     fused_clip_(tensors, 0.01, backend=backend)
     for g, w in zip(tensors, want):
         assert_bit_equal(g, w)
+
+
+@pytest.mark.parametrize("device,backend", _backends())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_every_16_bit_pattern_including_each_nan(device, backend, dtype):
+    # All 65,536 bit patterns, twice: in one long tensor (clamp_'s CPU vector loop) and as
+    # 7-element tensors (its scalar tail). Numbers must match clamp_; every NaN keeps its bits,
+    # signalling NaNs included, which clamp_'s CPU vector loop does not do for 16-bit dtypes.
+    patterns = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).to(device)
+    tensors = [patterns.clone(), *patterns.clone().split(7)]
+    want = [clamp_ref(t, -0.5, 2.0) for t in tensors]
+    nan = patterns.isnan()
+    assert int(nan.sum()) == (2046 if dtype == torch.float16 else 254)
+    fused_clip_(tensors, (-0.5, 2.0), backend=backend)
+    for g, w in zip(tensors, want):
+        assert_bit_equal(g, w)
+    assert torch.equal(bits(tensors[0])[nan.cpu()], bits(patterns)[nan.cpu()])
 
 
 LAYOUTS = ["contiguous", "transposed", "channels_last", "step_slice", "offset_by_one", "expanded_row"]
@@ -128,7 +161,7 @@ def check_property(dtype, shape, layout, seed, bounds, backend, device):
     x = make_values(math.prod(shape), dtype, device, seed, scale=4.0).view(shape)
     t = _layout(x, layout)
     lo, hi = (-bounds, bounds) if isinstance(bounds, float) else bounds
-    want = t.clone().clamp_(lo, hi)
+    want = clamp_ref(t, lo, hi)
     fused_clip_([t], bounds, backend=backend)
     assert_bit_equal(t, want)
 
@@ -149,7 +182,7 @@ def test_module_with_mixed_dtypes(device, backend):
 def test_cpu_and_cuda_two_devices_in_one_call():
     a = make_values(1000, torch.float32, "cpu", 1)
     b = make_values(1000, torch.float16, "cuda", 2)
-    want = [a.clone().clamp_(-0.01, 0.01), b.clone().clamp_(-0.01, 0.01)]
+    want = [clamp_ref(a, -0.01, 0.01), clamp_ref(b, -0.01, 0.01)]
     fused_clip_([a, b], 0.01)
     assert_bit_equal(a, want[0])
     assert_bit_equal(b, want[1])
@@ -158,7 +191,7 @@ def test_cpu_and_cuda_two_devices_in_one_call():
 def test_tensors_on_two_devices_are_grouped_and_the_op_refuses_a_mixed_list():
     a = make_values(1000, torch.float32, "cpu", 1)
     m = torch.empty(1000, device="meta")  # a second device that exists on every machine
-    want = a.clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(a, -0.01, 0.01)
     fused_clip_([a, m], 0.01)
     assert_bit_equal(a, want)
     before = a.clone()
@@ -169,22 +202,22 @@ def test_tensors_on_two_devices_are_grouped_and_the_op_refuses_a_mixed_list():
 
 def test_lo_equal_hi_and_asymmetric_pair():
     t = make_values(500, torch.float32, "cpu", 3)
-    want = t.clone().clamp_(0.25, 0.25)
+    want = clamp_ref(t, 0.25, 0.25)
     fused_clip_([t], (0.25, 0.25))
     assert_bit_equal(t, want)
     t = make_values(500, torch.float32, "cpu", 4)
-    want = t.clone().clamp_(-0.5, 0.01)
+    want = clamp_ref(t, -0.5, 0.01)
     fused_clip_([t], (-0.5, 0.01))
     assert_bit_equal(t, want)
 
 
 def test_accepts_a_single_tensor_and_a_generator():
     t = make_values(100, torch.float32, "cpu", 5)
-    want = t.clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(t, -0.01, 0.01)
     fused_clip_(t, 0.01)
     assert_bit_equal(t, want)
     ts = [make_values(10, torch.float64, "cpu", s) for s in range(3)]
-    wants = [x.clone().clamp_(-0.02, 0.02) for x in ts]
+    wants = [clamp_ref(x, -0.02, 0.02) for x in ts]
     fused_clip_((x for x in ts), 0.02)
     for g, w in zip(ts, wants):
         assert_bit_equal(g, w)
@@ -202,7 +235,7 @@ def test_cuda_many_tensors_misaligned_and_odd_sizes(dtype):
     for i, n in enumerate(sizes):
         base = make_values(n + 3, dtype, "cuda", i)
         ts.append(base[i % 3: i % 3 + n])  # offsets 0..2 elements: some not 16-byte aligned
-    want = [t.clone().clamp_(-0.01, 0.01) for t in ts]
+    want = [clamp_ref(t, -0.01, 0.01) for t in ts]
     fused_clip_(ts, 0.01, backend="cuda")
     torch.cuda.synchronize()
     for a, b in zip(ts, want):
@@ -221,7 +254,7 @@ def test_cuda_tensor_over_2_to_the_31_elements():
     x = torch.empty(n, dtype=torch.float16, device="cuda")
     x.uniform_(-0.05, 0.05)
     x[-5:] = torch.tensor([1.0, -1.0, float("nan"), 0.005, -0.02], dtype=torch.float16)
-    want = x.clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(x, -0.01, 0.01)
     fused_clip_([x], 0.01, backend="cuda")
     assert torch.equal(x.view(torch.int16), want.view(torch.int16))
     tail = x[-5:].float().cpu()
@@ -235,7 +268,7 @@ def test_cuda_runs_on_the_current_stream():
         pytest.skip("no CUDA device here")
     s = torch.cuda.Stream()
     x = make_values(1 << 22, torch.float32, "cuda", 17)
-    want = x.clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(x, -0.01, 0.01)
     torch.cuda.synchronize()
     with torch.cuda.stream(s):
         y = x.clone()  # queued on s (a copy keeps NaN payloads; arithmetic would not)
@@ -279,7 +312,7 @@ def test_backward_through_a_clipped_weight_raises_like_clamp(device, backend):
 @pytest.mark.parametrize("device,backend", _backends())
 def test_leaf_that_requires_grad_needs_no_no_grad(device, backend):
     w = torch.nn.Parameter(make_values(50, torch.float32, device, 9))
-    want = w.detach().clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(w.detach(), -0.01, 0.01)
     fused_clip_([w], 0.01, backend=backend)
     assert w.requires_grad and w.is_leaf and w.grad_fn is None
     assert_bit_equal(w.detach(), want)
@@ -298,7 +331,7 @@ def test_tied_parameters_clamped_once(device, backend):
     with torch.no_grad():
         emb.weight.copy_(make_values(16, torch.float32, device, 10).view(4, 4))
     v0 = emb.weight._version
-    want = emb.weight.detach().clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(emb.weight.detach(), -0.01, 0.01)
     fused_clip_(model, 0.01, backend=backend)
     assert emb.weight._version == v0 + 1
     # the same tensor listed twice by hand: still one write, one version bump
@@ -315,7 +348,7 @@ def test_empty_inputs(device, backend):
     fused_clip_([e], 0.01, backend=backend)
     assert e.shape == (0, 3)
     t = make_values(10, torch.float32, device, 11)
-    want = t.clone().clamp_(-0.01, 0.01)
+    want = clamp_ref(t, -0.01, 0.01)
     fused_clip_([torch.empty(0, device=device), t, torch.empty(5, 0, device=device)], 0.01, backend=backend)
     assert_bit_equal(t, want)
 
@@ -324,7 +357,7 @@ def test_many_tensors_of_many_sizes_cpu():
     g = torch.Generator().manual_seed(12)
     sizes = torch.randint(0, 3000, (2000,), generator=g).tolist()
     ts = [make_values(n, torch.float32, "cpu", i) for i, n in enumerate(sizes)]
-    want = [t.clone().clamp_(-0.01, 0.01) for t in ts]
+    want = [clamp_ref(t, -0.01, 0.01) for t in ts]
     fused_clip_(ts, 0.01, backend="cpu")
     for a, b in zip(ts, want):
         assert_bit_equal(a, b)
@@ -424,7 +457,7 @@ def test_fallback_warns_once_with_reason_and_matches(monkeypatch):
     monkeypatch.setitem(_ext._status, "cpu", _ext.BackendStatus("cpu", reason="pretend the build failed"))
     monkeypatch.setattr(_ext, "_warned", set())
     ts = [make_values(300, torch.float32, "cpu", s) for s in range(3)]
-    want = [t.clone().clamp_(-0.01, 0.01) for t in ts]
+    want = [clamp_ref(t, -0.01, 0.01) for t in ts]
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         fused_clip_(ts, 0.01)
@@ -485,7 +518,7 @@ def test_fused_clipper_matches_and_refreshes(device, backend):
     with torch.no_grad():
         for i, p in enumerate(critic.parameters()):
             p.copy_(make_values(p.numel(), torch.float32, device, i).view_as(p))
-    want = [p.detach().clone().clamp_(-0.02, 0.03) for p in critic.parameters()]
+    want = [clamp_ref(p.detach(), -0.02, 0.03) for p in critic.parameters()]
     clip()
     for p, w in zip(critic.parameters(), want):
         assert_bit_equal(p.detach(), w)
@@ -506,8 +539,8 @@ def test_fused_clipper_follows_data_swaps():
     clip = FusedClipper(critic, 0.01, backend="cpu")
     critic.weight.data = make_values(18, torch.float64, "cpu", 21).view(3, 6)
     critic.bias.data = make_values(3, torch.float32, "cpu", 22) * 100
-    want_w = critic.weight.detach().clone().clamp_(-0.01, 0.01)
-    want_b = critic.bias.detach().clone().clamp_(-0.01, 0.01)
+    want_w = clamp_ref(critic.weight.detach(), -0.01, 0.01)
+    want_b = clamp_ref(critic.bias.detach(), -0.01, 0.01)
     clip()
     assert_bit_equal(critic.weight.detach(), want_w)
     assert_bit_equal(critic.bias.detach(), want_b)
@@ -555,7 +588,7 @@ def test_fused_clipper_follows_storage_changes(change):
         for i, p in enumerate(critic.parameters()):
             if p is not target:
                 p.copy_(make_values(p.numel(), p.dtype, "cpu", 40 + i).view_as(p) * 10)
-    want = [p.detach().clone().clamp_(-0.01, 0.01) for p in critic.parameters()]
+    want = [clamp_ref(p.detach(), -0.01, 0.01) for p in critic.parameters()]
     versions = [p._version for p in critic.parameters()]
     clip()
     for p, w, v in zip(critic.parameters(), want, versions):
@@ -610,7 +643,7 @@ def test_adjacent_tensors_are_one_span_and_clip_right():
     want_buf = buf.clone()
     want_buf[:400].clamp_(-0.01, 0.01)
     want_buf[500:600].clamp_(-0.01, 0.01)
-    want_other = other.clone().clamp_(-0.01, 0.01)
+    want_other = clamp_ref(other, -0.01, 0.01)
     plan = torch.classes.wgan_ext.ClipPlan(ts)
     assert plan.spans() == 3  # [0, 400), [500, 600), the float64 tensor
     plan.clip_(-0.01, 0.01)
@@ -707,7 +740,7 @@ def test_flatten_then_moved_parameter_is_still_clipped():
     with torch.no_grad():
         for p in critic.parameters():
             p.mul_(100)
-    want = [p.detach().clone().clamp_(-0.01, 0.01) for p in critic.parameters()]
+    want = [clamp_ref(p.detach(), -0.01, 0.01) for p in critic.parameters()]
     clip()
     for p, w in zip(critic.parameters(), want):
         assert_bit_equal(p.detach(), w)

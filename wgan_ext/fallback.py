@@ -1,12 +1,18 @@
 """The pure-PyTorch reference for ``fused_clip_``.
 
 Used when no compiled kernel can load, and as the yardstick the kernels are tested against.
-It must give bit-for-bit what ``t.clamp_(lo, hi)`` gives on the tensor's own device: the result
-of a clamp is always one of ``t``, ``lo`` or ``hi`` rounded to ``t``'s dtype (NaN stays NaN).
-``torch._foreach_clamp_min_`` then ``_foreach_clamp_max_`` pick the same one, except that on CUDA
-the foreach kernels pass 16-bit values through float, which turns a NaN's payload into the
-canonical NaN (0x7fff) where ``clamp_`` keeps the original bits: so 16-bit tensors off the CPU
-take ``clamp_`` itself, one per tensor.
+It gives, bit for bit, what the kernels give: what ``t.clamp_(lo, hi)`` gives on the tensor's
+own device for every number (always one of ``t``, ``lo`` or ``hi`` rounded to ``t``'s dtype),
+and a NaN left exactly as it was, payload and sign included.
+
+That NaN rule is what ``clamp_`` does on CUDA and in the scalar part of its CPU loop, but not in
+the vectorised part of its CPU loop for float16/bfloat16: there a NaN goes through float and
+comes back quieted or as 0xFFFF, depending on where it falls in the tensor. A result that
+depends on the position of an element is no contract, so every path here keeps NaN bits:
+
+* CUDA: ``torch._foreach_clamp_min_/max_`` pass 16-bit values through float and canonicalise a
+  NaN (0x7fff), while ``clamp_`` keeps it, so 16-bit tensors take ``clamp_``, one per tensor.
+* CPU, 16-bit: the NaNs (rare) are saved before the foreach ops and written back after.
 """
 
 from __future__ import annotations
@@ -35,8 +41,23 @@ def clamp_tensors_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> Non
         if dtype.itemsize == 2 and device.type != "cpu":
             for t in group:
                 t.clamp_(lo, hi)
-        else:
-            torch._foreach_clamp_min_(group, lo)
-            torch._foreach_clamp_max_(group, hi)
+            continue
+        nans = _save_nans(group) if dtype.itemsize == 2 else []
+        torch._foreach_clamp_min_(group, lo)
+        torch._foreach_clamp_max_(group, hi)
+        for t, mask, values in nans:
+            t.view(torch.int16)[mask] = values
     for t in tensors:
         torch.autograd.graph.increment_version(t)
+
+
+def _save_nans(group: Sequence[torch.Tensor]) -> list:
+    """(tensor, NaN mask, NaN bit patterns as int16) for each 16-bit tensor of ``group`` that
+    has a NaN. As integers, because a lone NaN written back as a float value goes through a
+    Scalar and comes back canonical."""
+    out = []
+    for t in group:
+        mask = t.isnan()
+        if mask.any():
+            out.append((t, mask, t.view(torch.int16)[mask]))
+    return out

@@ -124,8 +124,10 @@ def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None
     """Clamp every parameter of ``critic`` in place to ``[-c, c]`` (or ``[lo, hi]``).
 
     Equivalent, bit for bit, to ``for p in params: p.clamp_(lo, hi)`` on each tensor's own device
-    (NaN stays NaN, +-inf go to the bounds, bounds are rounded to each tensor's dtype as
-    ``clamp_`` rounds them), but one kernel per device instead of one per tensor.
+    (+-inf go to the bounds, bounds are rounded to each tensor's dtype as ``clamp_`` rounds
+    them), but one kernel per device instead of one per tensor. A NaN keeps its exact bits on
+    every backend (``clamp_``'s CPU vector loop may quiet a float16/bfloat16 NaN; see
+    :mod:`wgan_ext.fallback`).
 
     Args:
         critic: an ``nn.Module`` (its ``parameters()``), a tensor, or an iterable of tensors /
