@@ -808,3 +808,20 @@ def test_torch_compile_graph_contains_the_op():
 def test_public_names():
     assert wgan_ext.fused_clip_ is fused_clip_
     assert wgan_ext.FusedClipper is FusedClipper
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_torch_compile_fallback_keeps_16_bit_nan_bits(dtype):
+    # The fallback's NaN bookkeeping must trace without a graph break (no data-dependent
+    # branch under dynamo) and still keep every NaN's bits.
+    torch._dynamo.reset()
+    patterns = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    tensors = [patterns.clone(), patterns[:7].clone()]
+    want = [clamp_ref(t, -0.5, 0.5) for t in tensors]
+
+    def clip(ts):
+        fused_clip_(ts, 0.5, backend="torch")
+
+    torch.compile(clip, fullgraph=True, backend="aot_eager")(tensors)
+    for g, w in zip(tensors, want):
+        assert_bit_equal(g, w)

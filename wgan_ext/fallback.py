@@ -13,6 +13,7 @@ depends on the position of an element is no contract, so every path here keeps N
 * CUDA: ``torch._foreach_clamp_min_/max_`` pass 16-bit values through float and canonicalise a
   NaN (0x7fff), while ``clamp_`` keeps it, so 16-bit tensors take ``clamp_``, one per tensor.
 * CPU, 16-bit: the NaNs (rare) are saved before the foreach ops and written back after.
+* Under torch.compile, 16-bit: the bits are restored with a select over every element.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def clamp_tensors_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> Non
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t.data)
     for (device, dtype), group in groups.items():
+        if dtype.itemsize == 2 and torch.compiler.is_compiling():
+            # No data-dependent branch can be traced (and generated code may clamp NaNs its own
+            # way): keep the NaN bits with a select over every element.
+            for t in group:
+                before = t.view(torch.int16).clone()
+                nan = t.isnan()
+                t.clamp_(lo, hi)
+                t.view(torch.int16).copy_(torch.where(nan, before, t.view(torch.int16)))
+            continue
         if dtype.itemsize == 2 and device.type != "cpu":
             for t in group:
                 t.clamp_(lo, hi)
