@@ -89,11 +89,6 @@ struct ClipPlan : torch::CustomClassHolder {
     snapshot(list);
     if (owning) {
       tensors = std::move(list);
-    } else if (!table.strided.empty()) {
-      // The table would own its strided tensors: a borrowing plan sends such a list through
-      // the op instead (parameters are practically always dense).
-      direct_cpu = false;
-      table = CpuSpanTable();
     }
   }
 
@@ -136,6 +131,12 @@ struct ClipPlan : torch::CustomClassHolder {
     }
     if (direct_cpu) {
       table = build_cpu_span_table(list);
+      if (!owning && !table.strided.empty()) {
+        // The table would own its strided tensors: a borrowing plan sends such a list through
+        // the op instead (parameters are practically always dense).
+        direct_cpu = false;
+        table = CpuSpanTable();
+      }
     }
   }
 
@@ -192,11 +193,9 @@ struct ClipPlan : torch::CustomClassHolder {
         snapshot(tensors);
       } else {
         snapshot(borrow());
-        if (!table.strided.empty()) {
-          direct_cpu = false;
-          table = CpuSpanTable();
-          return false;
-        }
+      }
+      if (!direct_cpu) {
+        return false;
       }
     }
     run_cpu_span_table(table, lo, hi);

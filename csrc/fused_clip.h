@@ -90,8 +90,6 @@ struct CpuSpanTable {
 CpuSpanTable build_cpu_span_table(at::TensorList tensors);
 // Clamps what the table points at; bumps no version counter (the caller does).
 void run_cpu_span_table(const CpuSpanTable& table, double lo, double hi);
-// The CPU kernel after argument checks and de-duplication: build, run, bump.
-void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi);
 
 // A tensor whose elements fill one gap-free block of memory (any order) can be clamped as a
 // flat span; anything else (a strided slice) takes ATen's own clamp_.

@@ -145,7 +145,9 @@ void fused_clip_cpu(at::TensorList all_tensors, double lo, double hi) {
     return;
   }
   const std::vector<at::Tensor> unique = drop_duplicates(all_tensors);
-  fused_clip_cpu_checked(unique.empty() ? all_tensors : at::TensorList(unique), lo, hi);
+  const at::TensorList tensors = unique.empty() ? all_tensors : at::TensorList(unique);
+  run_cpu_span_table(build_cpu_span_table(tensors), lo, hi);
+  bump_versions(tensors);
 }
 
 }  // namespace
@@ -198,14 +200,6 @@ void run_cpu_span_table(const CpuSpanTable& table, double lo, double hi) {
       at::Tensor(t).clamp_(lo, hi);
     }
   }
-}
-
-void fused_clip_cpu_checked(at::TensorList tensors, double lo, double hi) {
-  if (tensors.empty()) {
-    return;
-  }
-  run_cpu_span_table(build_cpu_span_table(tensors), lo, hi);
-  bump_versions(tensors);
 }
 
 TORCH_LIBRARY_IMPL(wgan_ext, CPU, m) {
