@@ -1,19 +1,21 @@
 """Build script for wgan-ext's compiled kernels.
 
-Two extension modules are built, so that a CPU-only machine never has to load CUDA libraries:
+Two extension modules, so that a CPU-only machine never has to load CUDA libraries:
 
-* ``wgan_ext._C``       -- the op schema (``TORCH_LIBRARY``) and the CPU kernel. Always built.
-* ``wgan_ext._C_cuda``  -- the CUDA kernel (``TORCH_LIBRARY_IMPL(..., CUDA, ...)``). Built when
-  torch is a CUDA build and a CUDA toolkit is found, even if no GPU is visible.
+* ``wgan_ext._C``       -- the op schema (``TORCH_LIBRARY``), the CPU kernel and the Python entry
+  points. Always built (when torch is importable at build time).
+* ``wgan_ext._C_cuda``  -- the CUDA kernel and FusedClipper's CUDA plan. Built where a GPU is visible and a CUDA toolkit with
+  ``nvcc`` is found, or when asked for. Elsewhere it is left out, and a GPU user who installs
+  later gets it compiled on first use.
 
 Environment variables:
 
-* ``CUDA_HOME``              toolkit location (``torch.utils.cpp_extension`` auto-detection may pick
-                             the wrong prefix; set it explicitly, e.g. ``/usr/local/cuda``).
-* ``TORCH_CUDA_ARCH_LIST``   architectures to compile for. With no GPU visible we default to
-                             ``8.0;9.0+PTX`` instead of letting torch guess.
-* ``WGAN_EXT_CUDA=0|1``      ``0`` skips the CUDA extension; ``1`` makes a missing toolkit an error.
-* ``WGAN_EXT_CPU=0``         skip compiling altogether (pure-PyTorch fallback / JIT on first use).
+* ``WGAN_EXT_CUDA=1`` (or torchvision's ``FORCE_CUDA=1``)  build the CUDA extension even without
+  a visible GPU, and fail if it cannot be built (CI does this). ``WGAN_EXT_CUDA=0`` never builds it.
+* ``CUDA_HOME``              toolkit location (default ``/usr/local/cuda`` when it holds a toolkit).
+* ``TORCH_CUDA_ARCH_LIST``   architectures to compile for; with no GPU visible the default is
+                             ``8.0;9.0+PTX`` (``wgan_ext._ext.DEFAULT_CUDA_ARCH_LIST``).
+* ``WGAN_EXT_CPU=0``         compile nothing (pure-PyTorch fallback / compile on first use).
 
 Build without isolation so the extension is compiled against the torch you will run:
 ``pip install --no-build-isolation .``
@@ -28,7 +30,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CXX_FLAGS = ["-O3"]  # torch.utils.cpp_extension picks the -std its headers need
+# -g0 overrides the -g in Python's own CFLAGS: debug info was 10 MB of a 350 KB library.
+CXX_FLAGS = ["-O3", "-g0"]  # torch.utils.cpp_extension picks the -std its headers need
 # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially.
 # Linking libgomp.so.1 reuses the copy torch already loaded (same soname).
 OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -49,24 +52,37 @@ def _default_cuda_home() -> None:
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
+def _flag(name: str) -> str:
+    return os.environ.get(name, "").strip().lower()
+
+
 def _want_cuda() -> bool:
+    """Whether to build the CUDA extension; raises if it was asked for and cannot be built."""
     import torch
     from torch.utils import cpp_extension
 
-    flag = os.environ.get("WGAN_EXT_CUDA", "auto").lower()
-    if flag in ("0", "false", "no"):
+    if _flag("WGAN_EXT_CUDA") in ("0", "false", "no"):
         return False
-    available = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    if flag in ("1", "true", "yes") and not available:
-        raise RuntimeError(
-            "WGAN_EXT_CUDA=1 but the CUDA extension cannot be built: "
-            f"torch.version.cuda={torch.version.cuda!r}, CUDA_HOME={cpp_extension.CUDA_HOME!r}"
-        )
-    return available
+    forced = _flag("WGAN_EXT_CUDA") in ("1", "true", "yes") or _flag("FORCE_CUDA") in ("1", "true", "yes")
+    home = cpp_extension.CUDA_HOME
+    nvcc = os.path.join(home, "bin", "nvcc") if home else None
+    missing = ("torch is not a CUDA build" if torch.version.cuda is None
+               else "no CUDA toolkit found (set CUDA_HOME)" if home is None
+               else f"{nvcc} does not exist (a runtime-only CUDA?)" if not os.path.isfile(nvcc)
+               else None)
+    if forced:
+        if missing:
+            raise RuntimeError(f"WGAN_EXT_CUDA=1 / FORCE_CUDA=1 but the CUDA extension cannot be built: {missing}")
+        return True
+    if missing or not torch.cuda.is_available():
+        print("wgan-ext: not building the CUDA kernel ("
+              + (missing or "no GPU visible; WGAN_EXT_CUDA=1 builds it anyway") + ")", file=sys.stderr)
+        return False
+    return True
 
 
 def _extensions() -> tuple[list, dict]:
-    if os.environ.get("WGAN_EXT_CPU", "1").lower() in ("0", "false", "no"):
+    if _flag("WGAN_EXT_CPU") in ("0", "false", "no"):
         return [], {}
     _default_cuda_home()
     try:
@@ -81,7 +97,7 @@ def _extensions() -> tuple[list, dict]:
         cpp_extension.CppExtension(
             name="wgan_ext._C",
             sources=[_rel("csrc", "fused_clip.cpp"), _rel("csrc", "cpu", "fused_clip_kernel.cpp"),
-                     _rel("csrc", "python_module.cpp")],
+                     _rel("csrc", "python_api.cpp")],
             extra_compile_args={"cxx": CXX_FLAGS + OPENMP_FLAGS},
             extra_link_args=OPENMP_FLAGS,
         )
@@ -95,11 +111,12 @@ def _extensions() -> tuple[list, dict]:
         exts.append(
             cpp_extension.CUDAExtension(
                 name="wgan_ext._C_cuda",
-                sources=[_rel("csrc", "cuda", "fused_clip_kernel.cu")],
+                sources=[_rel("csrc", "cuda", "fused_clip_kernel.cu"), _rel("csrc", "cuda", "clip_plan.cpp")],
                 extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
-                # A broken toolkit must not cost a CPU user the install: unless WGAN_EXT_CUDA=1
-                # asks for it (CI does), a failed CUDA build is a warning and JIT takes over.
-                optional=os.environ.get("WGAN_EXT_CUDA", "auto").lower() not in ("1", "true", "yes"),
+                # A broken toolkit must not cost a user the install: unless it was asked for (CI
+                # asks), a failed CUDA build is a warning and the kernel compiles on first use.
+                optional=_flag("WGAN_EXT_CUDA") not in ("1", "true", "yes")
+                and _flag("FORCE_CUDA") not in ("1", "true", "yes"),
             )
         )
     return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}

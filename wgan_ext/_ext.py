@@ -8,7 +8,10 @@ Order for each backend (``"cpu"``: schema + CPU kernel; ``"cuda"``: the CUDA ker
    per torch version and source change;
 3. nothing: the caller uses the pure-PyTorch reference, and :func:`available` warns once why.
 
-Environment: ``WGAN_EXT_JIT=0`` disables step 2; ``WGAN_EXT_VERBOSE_BUILD=1`` shows the compiler.
+Step 2 prints one line to stderr when it starts (what, where it is cached, how to avoid it) and
+one when it is done or has failed. Environment: ``WGAN_EXT_JIT=0`` disables step 2;
+``WGAN_EXT_VERBOSE_BUILD=1`` shows the compiler; ``TORCH_CUDA_ARCH_LIST`` picks the CUDA
+architectures (default :data:`DEFAULT_CUDA_ARCH_LIST` when no GPU is visible to detect).
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
-__all__ = ["available", "is_loaded", "require", "status", "source_dir", "module_fingerprint",
-           "BackendStatus"]
+__all__ = ["available", "is_loaded", "require", "status", "peek", "source_dir", "cpu_library",
+           "cuda_library", "BackendStatus", "DEFAULT_CUDA_ARCH_LIST"]
+
+# Compiled for when no GPU is visible to detect (setup.py uses the same list): Ampere and Hopper,
+# plus PTX that newer GPUs compile on load.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
 _PKG_DIR = Path(__file__).resolve().parent
 
@@ -38,7 +45,7 @@ class BackendStatus:
     how: Optional[str] = None
     reason: str = ""
     attempts: list = field(default_factory=list)
-    module: Any = None  # the CPU library's Python module (csrc/python_module.cpp)
+    module: Any = None  # the library's Python module (csrc/python_api.cpp, csrc/cuda/clip_plan.cpp)
 
     @property
     def loaded(self) -> bool:
@@ -96,10 +103,22 @@ def _default_cuda_home() -> None:
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
+def _build_dir(name: str) -> str:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return _get_build_directory(name, verbose=False)
+    except Exception:  # a private helper of torch's: only for the message
+        return os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")
+
+
 def _jit(name: str, sources: list, cuda: bool) -> Any:
     _default_cuda_home()
     from torch.utils import cpp_extension
 
+    if cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # torch would ask the (absent) GPU for its architecture and fail with an IndexError.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
     flags = ["-O3"]  # cpp_extension adds the -std its headers need
     # at::parallel_for is inlined from ATen's OpenMP header (see setup.py).
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") and not cuda else []
@@ -108,14 +127,24 @@ def _jit(name: str, sources: list, cuda: bool) -> Any:
         sources=[str(s) for s in sources],
         extra_cflags=flags + openmp,
         extra_ldflags=openmp,
-        # The CPU library is also a Python module (csrc/python_module.cpp); the CUDA one only
-        # registers its kernel.
-        is_python_module=not cuda,
+        # Both libraries are Python modules too (csrc/python_api.cpp, csrc/cuda/clip_plan.cpp).
+        is_python_module=True,
         verbose=os.environ.get("WGAN_EXT_VERBOSE_BUILD") == "1",
     )
     if cuda:
         kwargs["extra_cuda_cflags"] = ["-O3", "--expt-relaxed-constexpr"]
-    return cpp_extension.load(**kwargs)
+    what = f"the {'CUDA' if cuda else 'CPU'} kernel of fused_clip_"
+    print(f"wgan-ext: compiling {what} on first use (once per torch version; cached in "
+          f"{_build_dir(name)}; `pip install --no-build-isolation wgan-ext` ships it "
+          "prebuilt, WGAN_EXT_JIT=0 skips this) ...", file=sys.stderr, flush=True)
+    try:
+        built = cpp_extension.load(**kwargs)
+    except Exception as e:
+        print(f"wgan-ext: compiling {what} failed ({type(e).__name__}); using the PyTorch "
+              "fallback. `wgan-ext info` shows why.", file=sys.stderr, flush=True)
+        raise
+    print(f"wgan-ext: compiled {what}.", file=sys.stderr, flush=True)
+    return built
 
 
 def _load(name: str) -> BackendStatus:
@@ -157,9 +186,10 @@ def _load(name: str) -> BackendStatus:
         if cpp_extension.CUDA_HOME is None:
             st.reason = "; ".join(st.attempts + ["no CUDA toolkit found for a JIT build (set CUDA_HOME)"])
             return st
-        sources, jit_name = [src / "cuda" / "fused_clip_kernel.cu"], "wgan_ext_C_cuda"
+        sources = [src / "cuda" / "fused_clip_kernel.cu", src / "cuda" / "clip_plan.cpp"]
+        jit_name = "wgan_ext_C_cuda"
     else:
-        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_module.cpp"]
+        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_api.cpp"]
         jit_name = "wgan_ext_C"
     try:
         built = _jit(jit_name, sources, cuda=name == "cuda")
@@ -219,8 +249,20 @@ def require(name: str) -> None:
         raise RuntimeError(f"wgan_ext: backend={name!r} requested but its kernel is unavailable: {st.reason}")
 
 
-def module_fingerprint() -> Optional[Callable]:
-    """The CPU library's ``module_fingerprint(module, expected=None)``, or None if that library
-    is not loaded (or is a build without it). Never builds: loaded by the first CPU request."""
+def peek(name: str) -> Optional[BackendStatus]:
+    """What loading backend ``name`` gave, or None if it was not tried yet. Never loads."""
+    return _status.get(name)
+
+
+def cpu_library() -> Any:
+    """The CPU library's Python module (``parameters``, ``clip_``), or None if not loaded.
+    Never builds: loaded by the first CPU request."""
     st = _status.get("cpu")
-    return getattr(st.module, "module_fingerprint", None) if st is not None else None
+    return st.module if st is not None else None
+
+
+def cuda_library() -> Any:
+    """The CUDA library's Python module (``new_plan``, ``clip_with_plan_``), or None if not
+    loaded. Never builds."""
+    st = _status.get("cuda")
+    return st.module if st is not None else None

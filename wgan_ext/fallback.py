@@ -1,19 +1,9 @@
-"""The pure-PyTorch reference for ``fused_clip_``.
+"""The pure-PyTorch path of ``fused_clip_``: used when no compiled kernel loads (or with
+``backend="torch"``), with the checks the compiled path runs in C++ (``csrc/fused_clip.h``).
 
-Used when no compiled kernel can load, and as the yardstick the kernels are tested against.
-It gives, bit for bit, what the kernels give: what ``t.clamp_(lo, hi)`` gives on the tensor's
-own device for every number (always one of ``t``, ``lo`` or ``hi`` rounded to ``t``'s dtype),
-and a NaN left exactly as it was, payload and sign included.
-
-That NaN rule is what ``clamp_`` does on CUDA and in the scalar part of its CPU loop, but not in
-the vectorised part of its CPU loop for float16/bfloat16: there a NaN goes through float and
-comes back quieted or as 0xFFFF, depending on where it falls in the tensor. A result that
-depends on the position of an element is no contract, so every path here keeps NaN bits:
-
-* CUDA: ``torch._foreach_clamp_min_/max_`` pass 16-bit values through float and canonicalise a
-  NaN (0x7fff), while ``clamp_`` keeps it, so 16-bit tensors take ``clamp_``, one per tensor.
-* CPU, 16-bit: the NaNs (rare) are saved before the foreach ops and written back after.
-* Under torch.compile, 16-bit: the bits are restored with a select over every element.
+Results are those of ``t.clamp_(lo, hi)`` on each tensor's device for every number; a NaN stays
+NaN (its payload may differ from the kernels', which keep NaN bits: the foreach ops send 16-bit
+values through float).
 """
 
 from __future__ import annotations
@@ -22,56 +12,97 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["clamp_tensors_"]
+__all__ = ["clip_", "clamp_", "local_tensor", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def clamp_tensors_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> None:
-    """Clamp ``tensors`` in place to ``[lo, hi]`` with one foreach launch per (device, dtype).
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
-    No argument checking: ``wgan_ext.fused_clip_`` validates before it calls this.
-    Writes through ``.data`` aliases (no autograd, no version bump: leaf parameters that require
-    grad can be written) and then bumps each tensor's version counter once, as one ``clamp_``
-    would; the two foreach ops on the tensors themselves would bump it twice.
-    """
-    if not tensors:
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory holds ``t``'s values on this process: a DTensor's local shard
+    (exact to clamp for Shard and Replicate placements), else ``t`` itself."""
+    if type(t) in _PLAIN_TYPES or not torch.distributed.is_available():
+        return t
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(t, DTensor):
+        return t
+    for placement in t.placements:
+        if placement.is_partial():
+            raise ValueError(
+                f"fused_clip_: a DTensor with placements {t.placements} holds partial values on "
+                "each rank; clamping them is not clamping their sum: redistribute it to Shard "
+                "or Replicate first"
+            )
+    return t._local_tensor
+
+
+def _check(t: object, i: int) -> None:
+    """The checks of csrc/fused_clip.h (check_tensor), with the same messages."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fused_clip_: critic[{i}] must be a tensor or parameter, got {type(t).__name__}")
+    where = f"fused_clip_: critic[{i}]"
+    if t.layout != torch.strided:
+        raise TypeError(f"{where} has layout {t.layout}; only dense (strided) tensors can be clipped")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{where} has dtype {t.dtype}; supported: "
+                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    if t.is_neg():
+        raise TypeError(f"{where} is a negative view (torch._neg_view); its memory holds the "
+                        "negated values: pass t.resolve_neg()")
+    if t._is_zerotensor():
+        raise RuntimeError(f"{where} is a ZeroTensor, which is immutable")
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{where} is an inference tensor; in-place updates to it are only "
+                           "allowed in InferenceMode")
+    if torch._debug_has_internal_overlap(t) == 1:
+        raise ValueError(f"{where} has elements that share memory (an expanded or overlapping "
+                         "view); clamp_ refuses to write it too")
+
+
+def clip_(tensors: Sequence[object], lo: float, hi: float, dry_run: bool = False) -> None:
+    """Check every tensor, then clamp them all (``dry_run``: only check). Nothing is written if
+    anything raises. Each tensor's version counter is bumped once, as by one ``clamp_``."""
+    wrappers, items, seen = [], [], set()
+    for i, t in enumerate(tensors):
+        if isinstance(t, torch.Tensor):
+            if id(t) in seen or torch.nn.parameter.is_lazy(t):  # lazy: nothing to clip yet
+                continue
+            seen.add(id(t))
+            local = local_tensor(t)
+            if local is not t:
+                wrappers.append(t)
+            t = local
+        _check(t, i)
+        items.append((i, t))
+    for dtype in {t.dtype for _, t in items}:
+        limit = torch.finfo(dtype).max  # clamp_ raises when a bound overflows the dtype
+        if abs(lo) > limit or abs(hi) > limit:
+            i = next(i for i, t in items if t.dtype == dtype)
+            raise ValueError(f"fused_clip_: bounds lo={lo:g}, hi={hi:g} cannot be converted to "
+                             f"{dtype} (critic[{i}]) without overflow")
+    if dry_run:
         return
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t.data)
-    for (device, dtype), group in groups.items():
-        if dtype.itemsize == 2 and torch.compiler.is_compiling():
-            # No data-dependent branch can be traced (and generated code may clamp NaNs its own
-            # way): keep the NaN bits with a select over every element.
-            for t in group:
-                before = t.view(torch.int16).clone()
-                nan = t.isnan()
-                t.clamp_(lo, hi)
-                t.view(torch.int16).copy_(torch.where(nan, before, t.view(torch.int16)))
-            continue
-        if dtype.itemsize == 2 and device.type != "cpu":
-            for t in group:
-                t.clamp_(lo, hi)
-            continue
-        nans = _save_nans(group) if dtype.itemsize == 2 else []
-        torch._foreach_clamp_min_(group, lo)
-        torch._foreach_clamp_max_(group, hi)
-        for t, mask, values in nans:
-            t.view(torch.int16)[mask] = values
-    for t in tensors:
+    clamp_([t for _, t in items], lo, hi)
+    for t in wrappers:
         torch.autograd.graph.increment_version(t)
 
 
-def _save_nans(group: Sequence[torch.Tensor]) -> list:
-    """(tensor, NaN mask, NaN bit patterns as int16) for each 16-bit tensor of ``group`` that
-    has a NaN. As integers, because a lone NaN written back as a float value goes through a
-    Scalar and comes back canonical."""
-    # A norm is NaN exactly when its tensor holds a NaN (squares are never negative, so an
-    # overflow gives inf, not NaN): one foreach call finds the few tensors to look into, ~3x
-    # cheaper than isnan().any() per tensor.
-    has_nan = torch.stack(torch._foreach_norm(list(group))).isnan().tolist()
-    out = []
-    for t, bad in zip(group, has_nan):
-        if bad:
-            mask = t.isnan()
-            out.append((t, mask, t.view(torch.int16)[mask]))
-    return out
+def clamp_(tensors: Sequence[torch.Tensor], lo: float, hi: float) -> None:
+    """Clamp checked ``tensors`` in place with one foreach call per (device, dtype).
+
+    Writes through ``.data`` aliases (no autograd, so leaf parameters that require grad can be
+    written) and then bumps each version counter once, as one ``clamp_`` would; the two foreach
+    ops on the tensors themselves would bump it twice.
+    """
+    groups: dict = {}
+    for t in tensors:
+        if t.numel() > 0:
+            groups.setdefault((t.device, t.dtype), []).append(t.data)
+    for group in groups.values():
+        torch._foreach_clamp_min_(group, lo)
+        torch._foreach_clamp_max_(group, hi)
+    for t in tensors:
+        torch.autograd.graph.increment_version(t)

@@ -39,8 +39,6 @@ def collect() -> dict:
             for name, st in (("cpu", cpu), ("cuda", cuda))
         },
         "active": active,
-        # fused_clip_(module)'s plan cache needs the CPU library's fingerprint function.
-        "module_plan_cache": _ext.module_fingerprint() is not None,
         "kernel_sources": str(src) if src else None,
     }
 
@@ -61,8 +59,6 @@ def main(argv: Optional[list] = None) -> int:
         print(f"  {name:4s} kernel: {state}")
     print(f"fused_clip_ on CPU tensors uses: {info['active']['cpu']}")
     print(f"fused_clip_ on CUDA tensors uses: {info['active']['cuda']}")
-    print("fused_clip_(module) plan cache: "
-          + ("on" if info["module_plan_cache"] else "off (the compiled CPU library is not loaded)"))
     return 0
 
 

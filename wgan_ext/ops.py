@@ -1,11 +1,17 @@
-"""``fused_clip_``: clamp every parameter of a critic in place, in one fused kernel per device.
+"""``fused_clip_`` and ``FusedClipper``: clamp every critic parameter in place, one kernel per device.
 
 Weight-clipped WGAN (Arjovsky et al. 2017, Algorithm 1 line 7) clamps every critic weight to
 ``[-c, c]`` after each critic update. The usual ``for p in critic.parameters(): p.data.clamp_()``
-costs one dispatch (and on GPU one kernel launch) per tensor; this op costs one per device.
+costs one dispatch (and on GPU one kernel launch) per tensor; this costs one per device.
 
-Flow: argument checks (all before any write) -> group by device -> compiled kernel for CPU / CUDA
-(``torch.ops.wgan_ext.fused_clip_``) or the pure-PyTorch reference (:mod:`wgan_ext.fallback`).
+Flow: bounds here -> the per-tensor work (collect, check, route) in one C++ call
+(``csrc/python_api.cpp``) -> the CPU kernel, the op ``torch.ops.wgan_ext.fused_clip_`` for CUDA
+tensors and tensor subclasses, ATen's ``clamp_`` for other devices. Without a compiled library
+the pure-PyTorch fallback (:mod:`wgan_ext.fallback`) runs the same checks in Python.
+
+The checks exist once per path: in C++ (``csrc/fused_clip.h``, shared by the op's kernels and
+this entry) and, for the fallback only, in Python. Errors raised inside the extension are plain
+Python exceptions; there is no second layer of Python checks in front of the kernels.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from typing import Iterable, Literal, Sequence, Tuple, Union
 
 import torch
 
-from . import _ext, _plan_cache
-from .fallback import clamp_tensors_
+from . import _ext, fallback
+from .fallback import local_tensor
 
 __all__ = ["fused_clip_", "FusedClipper", "resolve_bounds", "SUPPORTED_DTYPES", "Backend"]
 
@@ -25,10 +31,9 @@ Backend = Literal["auto", "cuda", "cpu", "torch"]
 Bounds = Union[float, Tuple[float, float]]
 Params = Union[torch.nn.Module, torch.Tensor, Iterable[torch.Tensor]]
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SUPPORTED_DTYPES = fallback.SUPPORTED_DTYPES
 _BACKENDS = ("auto", "cuda", "cpu", "torch")
-# Devices with a compiled kernel; anything else (meta, mps, xpu...) takes the reference path.
-_KERNEL_DEVICES = ("cpu", "cuda")
+_BACKEND_CODE = {"auto": 0, "cpu": 1, "cuda": 2}  # csrc/python_api.cpp, enum Backend
 
 
 def resolve_bounds(c: Bounds, name: str = "c") -> tuple[float, float]:
@@ -63,11 +68,23 @@ def _as_float(v: object, name: str) -> float:
     return f
 
 
-def _collect(critic: Params) -> list:
+def _check_backend(backend: object) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def _collect(critic: Params) -> Sequence:
+    """What ``critic.parameters()`` yields (a module), ``[critic]`` (a tensor), or the items of
+    an iterable, as a list or tuple holding strong references."""
     if isinstance(critic, torch.nn.Module):
-        return list(critic.parameters())  # already de-duplicated (tied weights appear once)
+        lib = _ext.cpu_library()
+        if lib is not None and not torch.compiler.is_compiling():
+            return lib.parameters(critic)  # the same list, walked in C++ where that is exact
+        return list(critic.parameters())
     if isinstance(critic, torch.Tensor):
         return [critic]
+    if isinstance(critic, (list, tuple)):
+        return critic
     try:
         return list(critic)
     except TypeError:
@@ -77,88 +94,80 @@ def _collect(critic: Params) -> list:
         ) from None
 
 
-def _check_tensors(tensors: Sequence[object]) -> None:
-    """Raise a clear error for the first tensor the kernels cannot clamp. Writes nothing."""
-    for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"critic[{i}] must be a tensor or parameter, got {type(t).__name__}")
-        if t.layout != torch.strided:
-            raise TypeError(f"critic[{i}] has layout {t.layout}; only dense (strided) tensors can be clipped")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"critic[{i}] has dtype {t.dtype}; fused_clip_ supports "
-                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
-            )
-        if t.is_neg():
-            raise TypeError(
-                f"critic[{i}] is a negative view (torch._neg_view); its memory holds the negated "
-                "values: pass t.resolve_neg() or a tensor that owns its values"
-            )
-        if t.is_inference() and not torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"critic[{i}] is an inference tensor; in-place updates to it are only allowed "
-                "in InferenceMode (as for clamp_)"
-            )
+def _cuda_state() -> int:
+    st = _ext.peek("cuda")  # csrc/python_api.cpp, enum CudaState
+    return 0 if st is None else 2 if st.loaded else 1
 
 
-def _dedupe(tensors: list) -> list:
-    # The same tensor twice (tied weights listed by hand) would be clamped twice: harmless for the
-    # values, but its version would bump twice. (The compiled kernels de-duplicate by themselves.)
-    seen: set[int] = set()
-    out = []
-    for t in tensors:
-        if id(t) not in seen:
-            seen.add(id(t))
-            out.append(t)
-    return out
+def _clip(tensors: Sequence, lo: float, hi: float, backend: str, dry_run: bool = False) -> None:
+    """Check ``tensors`` and clamp them (or, with ``dry_run``, only check). Writes nothing if
+    anything raises."""
+    if torch.compiler.is_compiling():
+        _clip_traced(tensors, lo, hi, backend)
+        return
+    if backend == "torch" or not _ext.available("cpu", warn=backend == "auto"):
+        if backend == "cpu":
+            _ext.require("cpu")
+        fallback.clip_(tensors, lo, hi, dry_run=dry_run)
+        return
+    if backend == "cuda":
+        _ext.require("cuda")
+    lib = _ext.cpu_library()
+    while lib.clip_(tensors, lo, hi, _BACKEND_CODE[backend], _cuda_state(), local_tensor, dry_run):
+        _ext.available("cuda", warn=True)  # CUDA tensors, CUDA not tried yet: load it, again
 
 
-def _group_by_device(tensors: list) -> dict:
+def _clip_traced(tensors: Sequence, lo: float, hi: float, backend: str) -> None:
+    # Under torch.compile: the op per device (its fake kernel traces it; its real kernels check
+    # at run time) or the fallback's foreach ops; no Python checks on tensor objects.
     groups: dict = {}
     for t in tensors:
+        t = local_tensor(t)
         groups.setdefault(t.device, []).append(t)
-    return groups
+    for device, group in groups.items():
+        if backend != "torch" and device.type in ("cpu", "cuda") and _ext.is_loaded(device.type):
+            torch.ops.wgan_ext.fused_clip_(group, lo, hi)
+        else:
+            fallback.clamp_(group, lo, hi)
 
 
 def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None:
     """Clamp every parameter of ``critic`` in place to ``[-c, c]`` (or ``[lo, hi]``).
 
-    Equivalent, bit for bit, to ``for p in params: p.clamp_(lo, hi)`` on each tensor's own device
-    (+-inf go to the bounds, bounds are rounded to each tensor's dtype as ``clamp_`` rounds
-    them), but one kernel per device instead of one per tensor. A NaN keeps its exact bits on
-    every backend (``clamp_``'s CPU vector loop may quiet a float16/bfloat16 NaN; see
-    :mod:`wgan_ext.fallback`).
+    Equivalent to ``for p in params: p.clamp_(lo, hi)`` on each tensor's own device -- every
+    number bit for bit (+-inf go to the bounds, -0.0 stays -0.0, bounds are rounded to each
+    dtype as ``clamp_`` rounds them), and a NaN stays NaN -- but one kernel per device instead
+    of one per tensor. Nothing is cached between calls: each call clamps what
+    ``critic.parameters()`` yields at that moment.
 
     Args:
         critic: an ``nn.Module`` (its ``parameters()``), a tensor, or an iterable of tensors /
             parameters. Float16, bfloat16, float32 and float64, any shape or stride, on any mix
-            of devices (grouped per device). Tied parameters are clamped once.
+            of devices (grouped per device). Tied parameters are clamped once; uninitialized
+            (lazy) and empty parameters are skipped. DTensor parameters (FSDP2) have their
+            local shards clamped in place, without communication, for Shard and Replicate
+            placements; a Partial placement raises.
         c: a positive number ``c`` for ``[-c, c]``, or an explicit ``(lo, hi)`` pair with
-            ``lo <= hi`` (torchgan's ``clip=(lo, hi)`` form). Must be finite.
+            ``lo <= hi`` (torchgan's ``clip=(lo, hi)`` form). Must be finite and fit every
+            tensor's dtype (``c=1e5`` and a float16 tensor raise, as ``clamp_`` does on CPU).
         backend: ``"auto"`` (compiled kernel for the tensors' device if one loads, else the
-            PyTorch reference with a one-time warning saying why), ``"cuda"`` / ``"cpu"``
-            (that compiled kernel or an error), or ``"torch"`` (the reference, always).
+            PyTorch fallback with a one-time warning saying why), ``"cuda"`` / ``"cpu"``
+            (that compiled kernel or an error), or ``"torch"`` (the fallback, always).
 
-    Acts as an in-place op for autograd: each tensor's version counter is bumped, so a backward
-    that saved a weight before the clip raises as it would after ``clamp_``. Leaf parameters
-    that require grad can be passed without ``torch.no_grad()``.
+    Acts as an in-place op for autograd: each tensor's version counter is bumped once, so a
+    backward that saved a weight before the clip raises as it would after ``clamp_``. Leaf
+    parameters that require grad can be passed without ``torch.no_grad()``.
 
     Raises:
-        TypeError: an element that is not a dense floating tensor of a supported dtype, or a
-            bound that is not a real number.
-        ValueError: ``c <= 0``, a non-finite bound, ``lo > hi``, or an unknown ``backend``, or
+        TypeError: an element that is not a dense floating tensor of a supported dtype (or a
+            negative view), or a bound that is not a real number.
+        ValueError: ``c <= 0``, a non-finite bound, ``lo > hi``, a bound that overflows a
+            tensor's dtype, a tensor whose elements share memory, an unknown ``backend``, or
             tensors on a device the requested backend does not serve.
-        RuntimeError: ``backend="cuda"``/``"cpu"`` when that kernel is not available.
+        RuntimeError: ``backend="cuda"``/``"cpu"`` when that kernel is not available, or an
+            inference tensor outside InferenceMode.
 
     Nothing is modified when an error is raised.
-
-    For an ``nn.Module``, the first call's argument work (collecting, checking and grouping the
-    parameters) is cached with the module and re-used while its parameters are the same tensors:
-    each later call checks that in C++ (a fingerprint of the module tree, ~0.1 us per module)
-    instead of walking ``parameters()`` and checking each tensor in Python (~1-3 us each). Any change (a parameter
-    added, removed, replaced or swapped, memory moved by ``p.data = ...`` or ``.to()``) is seen
-    and handled as on a first call. The cache holds no reference to any tensor.
-    :class:`FusedClipper` skips even that check: for the tightest training loop.
 
     Example:
         >>> critic = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
@@ -167,75 +176,38 @@ def fused_clip_(critic: Params, c: Bounds, *, backend: Backend = "auto") -> None
         True
     """
     lo, hi = resolve_bounds(c)
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if (isinstance(critic, torch.nn.Module) and backend != "torch"
-            and not torch.compiler.is_compiling()):
-        # A module's plan is cached while its parameters stay the same tensors
-        # (wgan_ext/_plan_cache.py): the calls after the first skip the parameters() walk
-        # and the Python checks.
-        state = _plan_cache.try_clip_(critic, lo, hi, backend)
-        if state != _plan_cache.CLIPPED:
-            groups = _clip_list_(_collect(critic), lo, hi, backend)
-            if state == _plan_cache.STALE and groups:
-                _plan_cache.remember(critic, backend, groups)
-        return
-    _clip_list_(_collect(critic), lo, hi, backend)
-
-
-def _clip_list_(tensors: list, lo: float, hi: float, backend: str) -> list:
-    """Check, de-duplicate, group by device and clip. Returns the ``(group, use_kernel)`` list it
-    ran (empty under dynamo or for no tensors)."""
-    if not tensors:
-        return []
-    if torch.compiler.is_compiling():
-        # Under dynamo: no Python-side checks on tensor objects (they would graph-break); the
-        # op's fake kernel and real kernel check for themselves.
-        for device, group in _group_by_device(tensors).items():
-            _run(group, lo, hi, _choose(device, backend, compiling=True))
-        return []
-
-    # Every check runs here, in Python, before the op is called: the compiled kernels check too,
-    # but an error thrown inside the extension is the path to avoid (on one GPU machine, a build
-    # with that image's own g++ crashed the process when a kernel raised). FusedClipper pays
-    # for the checks once instead of per call.
-    _check_tensors(tensors)
-    tensors = _dedupe(tensors)
-    plan = [(group, _choose(device, backend, compiling=False))
-            for device, group in _group_by_device(tensors).items()]
-    for group, use_kernel in plan:  # every check done: now write
-        _run(group, lo, hi, use_kernel)
-    return plan
-
-
-def _run(group: list, lo: float, hi: float, use_kernel: bool) -> None:
-    if use_kernel:
-        torch.ops.wgan_ext.fused_clip_(group, lo, hi)
-    else:
-        clamp_tensors_(group, lo, hi)
+    _check_backend(backend)
+    _clip(_collect(critic), lo, hi, backend)
 
 
 class FusedClipper:
-    """``fused_clip_`` with the per-call work done once: for the inner loop of training.
+    """``fused_clip_`` for the inner loop of training, with the parameters collected once.
 
-    Collects and validates ``critic``'s parameters, resolves the bounds and picks the backend at
-    construction; each call then costs one kernel per device. Build a new one (or call
-    :meth:`refresh`) if the critic's set of parameters changes, e.g. after ``load_state_dict``
-    with ``assign=True`` or adding a layer; moving values in place (optimizer steps,
-    ``copy_``, ``.to()`` on the module) needs nothing.
+    Holds strong references to the tensors it clamps and does not follow the critic: after
+    anything that replaces parameter objects -- ``load_state_dict(assign=True)``, adding a layer
+    -- call :meth:`refresh` (until then it clamps the tensors it holds). What changes inside a
+    held tensor is followed: every call clamps the memory each tensor has at that moment
+    (``p.data = ...``, ``module.to()``, ``torch.utils.swap_tensors``, which its references do
+    not block).
+
+    Every call checks every tensor again, and nothing is shared between calls but the tuple of
+    tensors (and, on CUDA, a table that a call rebuilds under the GIL), so several threads may
+    call one clipper. On CUDA the clipper keeps one device-resident table of the tensors' memory
+    per device and dtype, rebuilt only when a call's check sees that memory moved: a call is
+    then the check plus one kernel launch, with no allocation and no host-to-device copy. Such
+    a call can be captured in a CUDA graph, which then reads the table at every replay: keep
+    the critic's memory where it is while the graph is in use (a capture that finds the table
+    stale passes the tensors as kernel arguments instead).
 
     Args:
-        critic, c, backend: as for :func:`fused_clip_`.
+        critic, c, backend: as for :func:`fused_clip_`. An iterator (``critic.parameters()``)
+            is read once, at construction; :meth:`refresh` then re-checks the same tensors.
         flatten: move the parameters of each (device, dtype) into one contiguous buffer, in
-            order (``p.data`` becomes a view of it; values, shapes, ``requires_grad``, ``.grad``
-            and optimizer state are kept). The clip is then one clamp over one block of memory:
-            on a critic of many small tensors that is the cost of clamping a single flat
-            tensor, where separate allocations cost per tensor (and, on CUDA, leave most
-            blocks nearly empty). Do it before anything keeps the old memory: an alias taken
-            earlier (``w = p.data``), a CUDA graph or a compiled graph that captured pointers.
-            Only tensors that are contiguous and own their whole storage move; the others are
-            clipped where they are. Clipping stays correct if a parameter later moves away
-            (``p.data = ...``, ``.to()``): the call notices and clips it where it now is.
+            order (``p.data`` becomes a view of it; values, shapes, ``requires_grad``,
+            ``.grad`` and optimizer state are kept). The clip is then one clamp over one block
+            of memory. Do it before anything keeps the old memory: an alias taken earlier
+            (``w = p.data``), a CUDA graph or a compiled graph that captured pointers. Only
+            tensors that are contiguous and own their whole storage move.
 
     Example:
         >>> critic = torch.nn.Linear(4, 1)
@@ -248,62 +220,60 @@ class FusedClipper:
     def __init__(self, critic: Params, c: Bounds, *, backend: Backend = "auto",
                  flatten: bool = False) -> None:
         self.lo, self.hi = resolve_bounds(c)
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        _check_backend(backend)
         if not isinstance(flatten, bool):
             raise TypeError(f"flatten must be a bool, got {type(flatten).__name__} {flatten!r}")
         self.backend = backend
         self.flatten = flatten
-        self._source = critic
+        # A one-shot iterator is read now, so refresh() finds the same tensors again.
+        re_iterable = isinstance(critic, (torch.nn.Module, torch.Tensor, list, tuple))
+        self._source = critic if re_iterable else tuple(_collect(critic))
         self.refresh()
 
     def refresh(self) -> None:
-        """Collect the parameters again (after the critic's set of parameters changed)."""
-        tensors = _collect(self._source)
-        _check_tensors(tensors)
-        tensors = [t for t in _dedupe(tensors) if t.numel() > 0]
-        groups = _group_by_device(tensors)
-        kernels = {device: _choose(device, self.backend, compiling=False) for device in groups}
-        if self.flatten:  # every check done: now move memory
-            for group in groups.values():
-                _flatten_(group)
-        # (group, ClipPlan or None, its bound clip_ or None) per device. The bound method is
-        # looked up once: each `handle.clip_` lookup builds a new script method object (~4 us,
-        # more than the whole clip of an 800-tensor CPU critic's bookkeeping).
-        self._plan = []
-        for device, group in groups.items():
-            # The compiled path keeps the list on the C++ side (torch.classes.wgan_ext.ClipPlan):
-            # passing a Python list to an op converts it tensor by tensor on every call.
-            handle = torch.classes.wgan_ext.ClipPlan(group) if kernels[device] else None
-            self._plan.append((group, handle, handle.clip_ if handle is not None else None))
+        """Collect and check the tensors again (after the critic's parameters were replaced)."""
+        tensors = tuple(_collect(self._source))
+        _clip(tensors, self.lo, self.hi, self.backend, dry_run=True)  # raises, writes nothing
+        if self.flatten:
+            _flatten_(tensors)
+        plans, rest = (), tensors
+        lib = _ext.cuda_library() if self.backend in ("auto", "cuda") else None
+        if lib is not None:
+            # Plain CUDA tensors get a device-resident plan per device; the rest (CPU, tensor
+            # subclasses such as DTensor, whose local tensor may change) take fused_clip_'s path.
+            by_device: dict = {}
+            for t in tensors:
+                plain = type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_cuda
+                by_device.setdefault(t.device if plain else None, []).append(t)
+            rest = tuple(by_device.pop(None, ()))
+            plans = tuple((lib.new_plan(), tuple(group)) for group in by_device.values())
+        # One assignment, so a call in another thread sees the old parts or the new ones.
+        self._parts = (tensors, plans, rest)
 
     @property
     def tensors(self) -> list:
-        """The tensors this clipper clamps, grouped by device."""
-        return [t for group, _, _ in self._plan for t in group]
-
-    def spans(self) -> list:
-        """Per device group: the blocks of memory a compiled CPU plan clamps (tensors adjacent
-        in memory count once, so a flattened critic gives 1 per dtype); -1 where the group goes
-        through the op or the reference."""
-        return [h.spans() if h is not None else -1 for _, h, _ in self._plan]
+        """The tensors this clipper clamps."""
+        return list(self._parts[0])
 
     def __call__(self) -> None:
-        """Clamp every collected tensor in place to ``[lo, hi]``."""
-        if torch.compiler.is_compiling():  # a script object cannot be traced: use the op
-            for group, handle, _ in self._plan:
-                _run(group, self.lo, self.hi, handle is not None)
+        """Clamp every held tensor in place to ``[lo, hi]``."""
+        tensors, plans, rest = self._parts
+        if not plans or torch.compiler.is_compiling():
+            _clip(tensors, self.lo, self.hi, self.backend)
             return
-        for group, _, clip_ in self._plan:
-            if clip_ is not None:
-                clip_(self.lo, self.hi)
-            else:
-                clamp_tensors_(group, self.lo, self.hi)
+        if len(plans) + bool(rest) > 1:
+            _clip(tensors, self.lo, self.hi, self.backend, dry_run=True)  # every check first
+        clip_with_plan_ = _ext.cuda_library().clip_with_plan_
+        for plan, group in plans:
+            if not clip_with_plan_(plan, group, self.lo, self.hi):
+                # A tensor left the plan's device or became a subclass (nothing written).
+                _clip(group, self.lo, self.hi, self.backend)
+        if rest:
+            _clip(rest, self.lo, self.hi, self.backend)
 
     def __repr__(self) -> str:
-        n = sum(len(g) for g, _, _ in self._plan)
-        return (f"FusedClipper({n} tensors, lo={self.lo}, hi={self.hi}, backend={self.backend!r}"
-                f"{', flatten=True' if self.flatten else ''})")
+        return (f"FusedClipper({len(self._parts[0])} tensors, lo={self.lo}, hi={self.hi}, "
+                f"backend={self.backend!r}{', flatten=True' if self.flatten else ''})")
 
 
 def _flatten_(tensors: Sequence[torch.Tensor]) -> None:
@@ -311,19 +281,20 @@ def _flatten_(tensors: Sequence[torch.Tensor]) -> None:
 
     Each moved tensor keeps its object, values, shape and autograd state; its ``.data`` becomes
     a view of the shared buffer, right after the previous moved tensor of its (device, dtype),
-    so that ``fused_clip_``'s kernels clamp them as one block. Only tensors that are contiguous
-    and the sole view of their whole storage are moved (a slice, a transposed or expanded
-    tensor, or two listed tensors sharing memory keep theirs); a (device, dtype) with fewer than
-    two of them is left alone. All buffers are allocated before the first tensor moves.
+    so that the kernels clamp them as one block. Only plain tensors that are contiguous and the
+    sole view of their whole storage are moved (a slice, a transposed or expanded tensor, or two
+    listed tensors sharing memory keep theirs); a (device, dtype) with fewer than two of them is
+    left alone. All buffers are allocated before the first tensor moves.
     """
+    plain = [t for t in dict.fromkeys(tensors)
+             if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel() > 0]
     owners: dict = {}
-    for t in tensors:
-        if t.numel() > 0:
-            key = (t.device, t.untyped_storage().data_ptr())
-            owners[key] = owners.get(key, 0) + 1
+    for t in plain:
+        key = (t.device, t.untyped_storage().data_ptr())
+        owners[key] = owners.get(key, 0) + 1
     runs: dict = {}
-    for t in tensors:
-        if (t.numel() > 0 and t.is_contiguous() and t.storage_offset() == 0
+    for t in plain:
+        if (t.is_contiguous() and t.storage_offset() == 0
                 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
                 and owners[(t.device, t.untyped_storage().data_ptr())] == 1):
             runs.setdefault((t.device, t.dtype), []).append(t)
@@ -337,21 +308,3 @@ def _flatten_(tensors: Sequence[torch.Tensor]) -> None:
             torch._foreach_copy_(views, [t.detach() for t in run])
             for t, v in zip(run, views):
                 t.data = v
-
-
-def _choose(device: torch.device, backend: str, compiling: bool) -> bool:
-    """True to run the compiled kernel on ``device``, False for the reference. May raise."""
-    if backend == "torch":
-        return False
-    if backend in ("cpu", "cuda"):
-        if device.type != backend:
-            raise ValueError(f"backend={backend!r} cannot clip tensors on device {device}")
-        if compiling:
-            return _ext.is_loaded(backend)
-        _ext.require(backend)
-        return True
-    if device.type not in _KERNEL_DEVICES:
-        return False
-    if compiling:  # never build or warn while dynamo traces; use what is already loaded
-        return _ext.is_loaded(device.type)
-    return _ext.available(device.type, warn=True)

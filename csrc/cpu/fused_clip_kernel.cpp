@@ -1,17 +1,14 @@
-// CPU kernel of wgan_ext::fused_clip_: every tensor of the call in one at::parallel_for.
+// CPU kernel of wgan_ext::fused_clip_: all tensors of one dtype in one at::parallel_for.
 //
-// The work is laid out as one virtual flat buffer (the tensors end to end); parallel_for splits
-// that by element count, so 800 tiny tensors and one huge one balance the same way, and a call
-// pays for one parallel region instead of one dispatch per tensor.
+// The dense tensors of a dtype are laid end to end as one virtual flat buffer; parallel_for splits
+// it by element count, so 800 small tensors and one huge one balance the same way and a call pays
+// for one parallel region per dtype instead of one dispatch per tensor.
 #include "../fused_clip.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/Scalar.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <cstring>
 
 namespace wgan_ext {
@@ -20,11 +17,22 @@ namespace {
 // Below this many elements a second thread costs more than it saves.
 constexpr int64_t kGrainSize = 32768;
 
-// float / double: `lo > v ? lo : v` is exactly the maxps(lo, v) pattern, so the compiler
-// vectorises it without -ffast-math, and a NaN v fails both compares and stays NaN.
-// Always inlined into the cloned walk below, so each clone vectorises them at its own width.
+void add_span(SpanTable& table, const at::Tensor& t) {
+  char* p = static_cast<char*>(t.mutable_data_ptr());  // materializes a copy-on-write storage
+  table.total += t.numel();
+  if (p == table.last_end) {
+    table.ends.back() = table.total;  // adjacent in memory (FusedClipper(flatten=True)): one span
+  } else {
+    table.data.push_back(p);
+    table.ends.push_back(table.total);
+  }
+  table.last_end = p + t.numel() * t.element_size();
+}
+
 #define WGAN_EXT_INLINE inline __attribute__((always_inline))
 
+// `lo > v ? lo : v` is exactly maxps(lo, v), so this vectorises without -ffast-math; a NaN fails
+// both compares and is kept, and -0.0 against a bound of 0.0 is kept, as clamp_ keeps them.
 template <typename T>
 WGAN_EXT_INLINE void clamp_span(T* p, int64_t n, T lo, T hi) {
   for (int64_t i = 0; i < n; ++i) {
@@ -35,25 +43,65 @@ WGAN_EXT_INLINE void clamp_span(T* p, int64_t n, T lo, T hi) {
   }
 }
 
-// Half / BFloat16: compare the bit patterns as sign-magnitude integers, which orders them as
-// their values (a conversion to float is monotone and exact), so the loop stays integer-only and
-// vectorises. The result is one of v, lo, hi -- exactly what clamp_ picks.
-template <uint16_t kExpMask>
-WGAN_EXT_INLINE void clamp_span_16(uint16_t* p, int64_t n, uint16_t lo_bits, uint16_t hi_bits) {
+// float16 / bfloat16 as sign-magnitude integers, which order like their values (-0 == +0), so
+// the loop is integer-only and vectorises; the result is one of v, lo, hi, as clamp_ picks, and
+// a NaN (magnitude above the exponent mask) keeps its bits.
+WGAN_EXT_INLINE void clamp_span_16(uint16_t* p, int64_t n, uint16_t lo_bits, uint16_t hi_bits,
+                                   uint16_t exp_mask) {
   auto key = [](uint16_t b) -> int32_t {
     const int32_t mag = b & 0x7fff;
-    return (b & 0x8000) ? -mag : mag;  // -0 and +0 compare equal, as in IEEE
+    return (b & 0x8000) ? -mag : mag;
   };
-  const int32_t lo = key(lo_bits);
-  const int32_t hi = key(hi_bits);
+  const int32_t lo = key(lo_bits), hi = key(hi_bits);
   for (int64_t i = 0; i < n; ++i) {
     const uint16_t b = p[i];
     const int32_t k = key(b);
-    const bool nan = (b & 0x7fff) > kExpMask;
     uint16_t r = k < lo ? lo_bits : b;
     r = k > hi ? hi_bits : r;
-    p[i] = nan ? b : r;
+    p[i] = (b & 0x7fff) > exp_mask ? b : r;
   }
+}
+
+// The walk over elements [begin, end) of a table, cloned for AVX-512 (GCC 11+), AVX2 and
+// baseline x86-64 and picked at load time: the package is built without -march, yet clamps at
+// the width ATen's own dispatched kernels use. The clamp loops inline into each clone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define WGAN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define WGAN_EXT_CLONES
+#endif
+
+// Clamps elements [begin, end) of the table: T is float, double, or uint16_t for the 16-bit
+// dtypes (`bounds` then also carries the exponent mask).
+template <typename T, typename... Bounds>
+WGAN_EXT_INLINE void walk_impl(const SpanTable& t, int64_t begin, int64_t end, Bounds... bounds) {
+  size_t i = std::upper_bound(t.ends.begin(), t.ends.end(), begin) - t.ends.begin();
+  for (int64_t pos = begin; pos < end; ++i) {
+    const int64_t start = i == 0 ? 0 : t.ends[i - 1];
+    const int64_t stop = std::min(end, t.ends[i]);
+    T* p = reinterpret_cast<T*>(t.data[i]) + (pos - start);
+    if constexpr (std::is_same_v<T, uint16_t>) {
+      clamp_span_16(p, stop - pos, bounds...);
+    } else {
+      clamp_span(p, stop - pos, bounds...);
+    }
+    pos = stop;
+  }
+}
+
+WGAN_EXT_CLONES void walk(const SpanTable& t, int64_t begin, int64_t end, float lo, float hi) {
+  walk_impl<float>(t, begin, end, lo, hi);
+}
+
+WGAN_EXT_CLONES void walk(const SpanTable& t, int64_t begin, int64_t end, double lo, double hi) {
+  walk_impl<double>(t, begin, end, lo, hi);
+}
+
+WGAN_EXT_CLONES void walk_16(const SpanTable& t, int64_t begin, int64_t end, uint16_t lo,
+                             uint16_t hi, uint16_t exp_mask) {
+  walk_impl<uint16_t>(t, begin, end, lo, hi, exp_mask);
 }
 
 template <typename T>
@@ -63,143 +111,62 @@ uint16_t bits_of(T v) {
   return b;
 }
 
-// Bounds rounded to each dtype the way clamp_'s CPU kernel rounds them (Scalar::to<scalar_t>),
-// computed before any write so an out-of-range bound raises with nothing modified.
-struct TypedBounds {
-  float f_lo, f_hi;
-  double d_lo, d_hi;
-  uint16_t h_lo, h_hi, b_lo, b_hi;
-};
-
-int dtype_slot(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return 0;
-    case at::kDouble: return 1;
-    case at::kHalf: return 2;
-    default: return 3;  // BFloat16
+template <typename scalar_t>
+void run(const SpanTable& table, double lo_d, double hi_d) {
+  // Bounds rounded as clamp_ rounds them (Scalar::to); check_all made sure they fit.
+  const scalar_t lo = c10::Scalar(lo_d).to<scalar_t>();
+  const scalar_t hi = c10::Scalar(hi_d).to<scalar_t>();
+  auto body = [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, at::Half>) {
+      walk_16(table, begin, end, bits_of(lo), bits_of(hi), 0x7c00);
+    } else if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      walk_16(table, begin, end, bits_of(lo), bits_of(hi), 0x7f80);
+    } else {
+      walk(table, begin, end, lo, hi);
+    }
+  };
+  if (table.total <= kGrainSize) {
+    body(0, table.total);  // one thread anyway: skip the parallel region
+  } else {
+    at::parallel_for(0, table.total, kGrainSize, body);
   }
 }
 
-TypedBounds make_bounds(const bool need[4], double lo, double hi) {
-  TypedBounds b{};
-  const c10::Scalar slo(lo), shi(hi);
-  if (need[0]) { b.f_lo = slo.to<float>(); b.f_hi = shi.to<float>(); }
-  if (need[1]) { b.d_lo = lo; b.d_hi = hi; }
-  if (need[2]) { b.h_lo = bits_of(slo.to<at::Half>()); b.h_hi = bits_of(shi.to<at::Half>()); }
-  if (need[3]) {
-    b.b_lo = bits_of(slo.to<at::BFloat16>());
-    b.b_hi = bits_of(shi.to<at::BFloat16>());
-  }
-  return b;
-}
-
-// The span walk is cloned for AVX-512 (x86-64-v4, GCC 11+), AVX2 and baseline x86-64, picked
-// at load time: the package is built without -march, yet in-cache data clamps at the width
-// ATen's own (dispatched) kernel uses. The clone boundary is the whole walk, not each span: the clamp loops inline into it,
-// so 800 small tensors cost 800 inlined loops, not 800 indirect calls through the ifunc.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define WGAN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define WGAN_EXT_CLONES
-#endif
-
-WGAN_EXT_INLINE void clamp_range(void* data, at::ScalarType dtype, int64_t begin, int64_t end,
-                        const TypedBounds& b) {
-  const int64_t n = end - begin;
-  switch (dtype) {
-    case at::kFloat:
-      clamp_span(static_cast<float*>(data) + begin, n, b.f_lo, b.f_hi);
-      break;
-    case at::kDouble:
-      clamp_span(static_cast<double*>(data) + begin, n, b.d_lo, b.d_hi);
-      break;
-    case at::kHalf:
-      clamp_span_16<0x7c00>(static_cast<uint16_t*>(data) + begin, n, b.h_lo, b.h_hi);
-      break;
-    default:  // BFloat16
-      clamp_span_16<0x7f80>(static_cast<uint16_t*>(data) + begin, n, b.b_lo, b.b_hi);
-      break;
-  }
-}
-
-// Clamps elements [begin, end) of the table's virtual flat buffer.
-WGAN_EXT_CLONES void clamp_table_range(const CpuSpanTable& table, int64_t begin, int64_t end,
-                                       const TypedBounds& bounds) {
-  const auto& ends = table.ends;
-  size_t i = std::upper_bound(ends.begin(), ends.end(), begin) - ends.begin();
-  int64_t pos = begin;
-  while (pos < end) {
-    const int64_t span_start = i == 0 ? 0 : ends[i - 1];
-    const int64_t stop = std::min(end, ends[i]);
-    clamp_range(table.data[i], table.dtype[i], pos - span_start, stop - span_start, bounds);
-    pos = stop;
-    ++i;
-  }
-}
-
-void fused_clip_cpu(at::TensorList all_tensors, double lo, double hi) {
-  check_fused_clip_args(all_tensors, lo, hi, c10::DeviceType::CPU);
-  if (all_tensors.empty()) {
-    return;
-  }
-  const std::vector<at::Tensor> unique = drop_duplicates(all_tensors);
-  const at::TensorList tensors = unique.empty() ? all_tensors : at::TensorList(unique);
-  run_cpu_span_table(build_cpu_span_table(tensors), lo, hi);
-  bump_versions(tensors);
+void fused_clip_cpu(at::TensorList tensors, double lo, double hi) {
+  check_all(tensors, lo, hi, "tensors");
+  BorrowedTensors unique;
+  unique_tensors(tensors, unique);
+  run_cpu(plan_cpu(unique, /*keep_alive=*/false), lo, hi);  // as any ATen op: the caller owns the memory
+  bump_versions(unique);
 }
 
 }  // namespace
 
-CpuSpanTable build_cpu_span_table(at::TensorList tensors) {
-  CpuSpanTable table;
-  table.data.reserve(tensors.size());
-  table.dtype.reserve(tensors.size());
-  table.ends.reserve(tensors.size());
-  const char* last_end = nullptr;  // one past the last span's final byte
+CpuWork plan_cpu(at::TensorList tensors, bool keep_alive) {
+  CpuWork work;
   for (const auto& t : tensors) {
-    if (t.numel() == 0) {
+    if (t.numel() == 0) continue;  // includes uninitialized (lazy) parameters
+    if (!t.is_non_overlapping_and_dense()) {
+      work.strided.push_back(t);
       continue;
     }
-    table.need[dtype_slot(t.scalar_type())] = true;
-    if (!is_flat(t)) {
-      table.strided.push_back(t);
-      continue;
+    auto it = std::find_if(work.tables.begin(), work.tables.end(),
+                           [&](const SpanTable& s) { return s.dtype == t.scalar_type(); });
+    if (it == work.tables.end()) {
+      work.tables.push_back(SpanTable{t.scalar_type()});
+      it = work.tables.end() - 1;
     }
-    char* data = static_cast<char*>(t.data_ptr());
-    table.total += t.numel();
-    if (data == last_end && table.dtype.back() == t.scalar_type()) {
-      // Starts where the previous span ends (parameters flattened into one buffer, e.g. by
-      // FusedClipper(flatten=True)): one longer span instead of a new one.
-      table.ends.back() = table.total;
-    } else {
-      table.data.push_back(data);
-      table.dtype.push_back(t.scalar_type());
-      table.ends.push_back(table.total);
-    }
-    last_end = data + t.numel() * t.element_size();
+    add_span(*it, t);
+    if (keep_alive) work.keep_alive.push_back(t.storage());
   }
-  return table;
+  return work;
 }
 
-void run_cpu_span_table(const CpuSpanTable& table, double lo, double hi) {
-  const TypedBounds bounds = make_bounds(table.need, lo, hi);  // may raise: nothing written yet
-  if (table.total <= kGrainSize) {
-    clamp_table_range(table, 0, table.total, bounds);  // one thread anyway: skip the region
-  } else {
-    at::parallel_for(0, table.total, kGrainSize, [&](int64_t begin, int64_t end) {
-      clamp_table_range(table, begin, end, bounds);
-    });
+void run_cpu(const CpuWork& work, double lo, double hi) {
+  for (const auto& table : work.tables) {
+    WGAN_EXT_DISPATCH(table.dtype, "fused_clip_", [&] { run<scalar_t>(table, lo, hi); });
   }
-  if (!table.strided.empty()) {
-    // Rare (a hand-passed slice): ATen's clamp_ below the autograd and version-counter layers,
-    // so a leaf that requires grad is writable; the caller bumps every version once.
-    at::AutoDispatchBelowADInplaceOrView guard;
-    for (const auto& t : table.strided) {
-      at::Tensor(t).clamp_(lo, hi);
-    }
-  }
+  clamp_with_aten_(work.strided, lo, hi);  // rare: a slice that is not one dense block
 }
 
 TORCH_LIBRARY_IMPL(wgan_ext, CPU, m) {
