@@ -136,6 +136,7 @@ class BuildPyWithSources(build_py):
             shutil.copytree(src, dst, dirs_exist_ok=True)
 
 
-ext_modules, cmdclass = _extensions()
-cmdclass["build_py"] = BuildPyWithSources
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__ too; tests import it
+    ext_modules, cmdclass = _extensions()
+    cmdclass["build_py"] = BuildPyWithSources
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -382,7 +382,7 @@ Contenders: `limit` = one `clamp_` over a flat buffer with the critic's element 
 `fused_op` = `torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)` on a prepared list (kernel only);
 `fused_plan` = `FusedClipper(critic, c)()` (parameters collected once); `fused_flat` =
 `FusedClipper(critic, c, flatten=True)()` (parameters moved into one buffer first); `fused_module` =
-`fused_clip_(critic, c)` (its per-module cache: a C++ fingerprint of the module tree each call);
+`fused_clip_(critic, c)` (stateless: collects `parameters()` in C++ and checks each call);
 `fallback` = `fused_clip_(critic, c, backend="torch")`; `foreach` = `torch._foreach_clamp_min_` +
 `_foreach_clamp_max_` on a prepared list; `loop` = `for p in critic.parameters():
 p.data.clamp_(lo, hi)`; `compiled_loop` = `torch.compile` of that loop (float32, some shapes).

@@ -73,7 +73,7 @@ def methods(critic, shape, device, with_compile):
 
 def count(fn, device, calls):
     cuda = device.type == "cuda"
-    for _ in range(3):  # warm up: allocator, pinned host cache, compile
+    for _ in range(3):  # warm up: allocator, CUDA table, compile
         fn()
     if cuda:
         torch.cuda.synchronize()

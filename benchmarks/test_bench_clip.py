@@ -4,9 +4,9 @@ One pytest-benchmark group per (device, critic shape, dtype); in each group:
 
   limit          one ``clamp_`` over a single flat buffer with the critic's element count
   fused_op       ``torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)`` on a prepared list (kernel)
-  fused_module   ``fused_clip_(critic, c, backend=<device>)`` (kernel + the per-module cache's
-                 check that the parameters are the same tensors; the first call collects them)
-  fused_plan     a cached-plan object, if the package has one (``wgan_ext.FusedClipper``)
+  fused_module   ``fused_clip_(critic, c, backend=<device>)``: stateless, collects
+                 ``critic.parameters()`` (in C++) and checks every tensor at each call
+  fused_plan     ``FusedClipper(critic, c, backend=<device>)()``: parameters collected once
   fused_flat     ``FusedClipper(critic, c, flatten=True)``: the parameters moved into one buffer
                  first (on a twin critic built the same way, so the others keep theirs)
   fallback       ``fused_clip_(critic, c, backend="torch")``: the pure-PyTorch reference
@@ -69,14 +69,10 @@ def make(contender, critic, params, dev, dtype, request):
         backend = require_kernel(dev.type)
         return (lambda: fused_clip_(critic, C, backend=dev.type)), backend
     if contender == "fused_plan":
-        import wgan_ext
+        from wgan_ext import FusedClipper
 
-        plan_cls = getattr(wgan_ext, "FusedClipper", None)
-        if plan_cls is None:
-            pytest.skip("wgan_ext has no cached-plan API (FusedClipper)")
         backend = require_kernel(dev.type)
-        plan = plan_cls(critic, C, backend=dev.type)
-        return plan, backend
+        return FusedClipper(critic, C, backend=dev.type), backend
     if contender == "fused_flat":
         from wgan_ext import FusedClipper
 

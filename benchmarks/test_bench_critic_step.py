@@ -5,7 +5,7 @@ One group per (device, critic shape), float32. Contenders differ only in the cli
   none           no clip: the step without it, to subtract
   loop           ``for p in critic.parameters(): p.data.clamp_(-c, c)``
   fused_module   ``fused_clip_(critic, c, backend=<device>)``
-  fused_plan     ``FusedClipper(critic, c, backend=<device>)()``, if the package has it
+  fused_plan     ``FusedClipper(critic, c, backend=<device>)()``
   fused_flat     the same with ``flatten=True`` (the parameters moved into one buffer first)
 
 The weights evolve as in training (no restore between rounds): RMSprop(lr=5e-5) moves a few of
@@ -44,14 +44,11 @@ def make_clip(clip, critic, dev):
         from wgan_ext import fused_clip_
 
         return (lambda: fused_clip_(critic, C, backend=dev.type)), backend
-    import wgan_ext
+    from wgan_ext import FusedClipper
 
-    plan_cls = getattr(wgan_ext, "FusedClipper", None)
-    if plan_cls is None:
-        pytest.skip("wgan_ext has no cached-plan API (FusedClipper)")
     if clip == "fused_flat":
-        return plan_cls(critic, C, backend=dev.type, flatten=True), backend + ", flattened"
-    return plan_cls(critic, C, backend=dev.type), backend
+        return FusedClipper(critic, C, backend=dev.type, flatten=True), backend + ", flattened"
+    return FusedClipper(critic, C, backend=dev.type), backend
 
 
 @pytest.mark.parametrize("clip", CLIPS)

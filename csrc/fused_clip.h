@@ -10,7 +10,11 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/core/Scalar.h>
+#if __has_include(<c10/util/overflows.h>)
 #include <c10/util/overflows.h>
+#else
+#include <c10/util/TypeCast.h>  // c10::overflows, before it had a header of its own
+#endif
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: build the kernels for the visible GPU, run the CUDA tests, the benchmark suite
-# and the launch profile. Every step logs to $OUT (default ./gpu-check) so partial results
-# survive a time-out. Usage: OUT=/some/dir bash scripts/gpu_check.sh [--quick]
+# The GPU check, in one run of under 8 minutes on an H100/H200: build the kernels for the visible
+# GPU, run the CUDA tests, the launch profile, the bandwidth and CUDA-graph measurements and the
+# benchmark suite. Every step logs to $OUT (default ./gpu-check) so partial results survive a
+# time-out. Usage: OUT=/some/dir bash scripts/gpu_check.sh [--quick]
 set -u
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -11,7 +12,7 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s"; tail -n 4 "$OUT/$name.log"; }
 
-# Offline machines: wheels carried in .whl/ (e.g. torchgan for the DCGAN critic shape).
+# Offline machines: wheels carried in .whl/ (torchgan for the DCGAN critic, hypothesis, ...).
 if ls .whl/*.whl > /dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
@@ -22,24 +23,26 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 fi
 export TORCH_CUDA_ARCH_LIST MAX_JOBS=${MAX_JOBS:-16} WGAN_EXT_CUDA=1
-step build 300 $PY setup.py build_ext --inplace
+step build 240 $PY setup.py build_ext --inplace
 step info 60 $PY -m wgan_ext.info
 # On one image an error raised inside the extension killed the process (SIGSEGV) instead of
 # raising: record the toolchain and whether that still happens (rc 139 = it does).
 { command -v g++ c++ gcc; g++ --version | head -1; readelf -p .comment wgan_ext/_C*.so; } > "$OUT/toolchain.txt" 2>&1
 step exception_probe 60 $PY -c "
 import torch, wgan_ext
-wgan_ext._ext.require('cpu')
-try:
-    torch.ops.wgan_ext.fused_clip_([torch.zeros(2, dtype=torch.int64)], -1.0, 1.0)
-except TypeError as e:
-    print('raised normally:', e)
+wgan_ext._ext.require('cuda')
+for t in (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64, device='cuda')):
+    try:
+        torch.ops.wgan_ext.fused_clip_([t], -1.0, 1.0)
+    except TypeError as e:
+        print('raised normally:', e)
 "
-step tests ${TESTS_LIMIT:-240} $PY -m pytest tests/test_fused_clip.py tests/test_plan_cache.py -q -p no:cacheprovider -rs \
-  -k "not two_devices and not first_use_build"
-step tests_mixed 60 $PY -m pytest tests/test_fused_clip.py tests/test_plan_cache.py -q -p no:cacheprovider -k "two_devices"
-step launches 120 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
+step tests ${TESTS_LIMIT:-200} $PY -m pytest tests/test_fused_clip.py tests/test_fused_clipper.py \
+  tests/test_cuda_graphs.py tests/test_parameters_walk.py -q -p no:cacheprovider -rs -x
+ls tests/test_optim.py > /dev/null 2>&1 && step tests_optim 120 $PY -m pytest tests/test_optim.py -q -p no:cacheprovider -rs
+step launches 90 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
+step extra 120 $PY benchmarks/gpu_extra.py --json "$OUT/gpu_extra.json"
 if [ "${1:-}" != "--quick" ]; then
-  step bench ${BENCH_LIMIT:-300} $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
+  step bench ${BENCH_LIMIT:-200} $PY -m pytest benchmarks -q -p no:cacheprovider --bench-devices=cuda \
     --bench-compile=${BENCH_COMPILE:-none} --benchmark-json="$OUT/bench_gpu.json" ${BENCH_ARGS:-}
 fi

@@ -9,7 +9,8 @@ Order for each backend (``"cpu"``: schema + CPU kernel; ``"cuda"``: the CUDA ker
 3. nothing: the caller uses the pure-PyTorch reference, and :func:`available` warns once why.
 
 Step 2 prints one line to stderr when it starts (what, where it is cached, how to avoid it) and
-one when it is done or has failed. Environment: ``WGAN_EXT_JIT=0`` disables step 2;
+one when it is done or has failed; the CUDA kernel is only compiled where a GPU is visible (or
+with ``WGAN_EXT_CUDA=1``). Environment: ``WGAN_EXT_JIT=0`` disables step 2;
 ``WGAN_EXT_VERBOSE_BUILD=1`` shows the compiler; ``TORCH_CUDA_ARCH_LIST`` picks the CUDA
 architectures (default :data:`DEFAULT_CUDA_ARCH_LIST` when no GPU is visible to detect).
 """
@@ -183,8 +184,15 @@ def _load(name: str) -> BackendStatus:
         _default_cuda_home()
         from torch.utils import cpp_extension
 
-        if cpp_extension.CUDA_HOME is None:
-            st.reason = "; ".join(st.attempts + ["no CUDA toolkit found for a JIT build (set CUDA_HOME)"])
+        home = cpp_extension.CUDA_HOME
+        forced = os.environ.get("WGAN_EXT_CUDA", "").strip().lower() in ("1", "true", "yes")
+        missing = ("no CUDA toolkit found for a JIT build (set CUDA_HOME)" if home is None
+                   else f"no nvcc in CUDA_HOME={home} for a JIT build"
+                   if not os.path.isfile(os.path.join(home, "bin", "nvcc"))
+                   else "no CUDA device visible, so not compiled (WGAN_EXT_CUDA=1 compiles it anyway)"
+                   if not forced and not torch.cuda.is_available() else None)
+        if missing:
+            st.reason = "; ".join(st.attempts + [missing])
             return st
         sources = [src / "cuda" / "fused_clip_kernel.cu", src / "cuda" / "clip_plan.cpp"]
         jit_name = "wgan_ext_C_cuda"

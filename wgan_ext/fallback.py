@@ -12,31 +12,11 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["clip_", "clamp_", "local_tensor", "SUPPORTED_DTYPES"]
+from .distributed import local_tensor
+
+__all__ = ["clip_", "clamp_", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
-
-
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The tensor whose memory holds ``t``'s values on this process: a DTensor's local shard
-    (exact to clamp for Shard and Replicate placements), else ``t`` itself."""
-    if type(t) in _PLAIN_TYPES or not torch.distributed.is_available():
-        return t
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(t, DTensor):
-        return t
-    for placement in t.placements:
-        if placement.is_partial():
-            raise ValueError(
-                f"fused_clip_: a DTensor with placements {t.placements} holds partial values on "
-                "each rank; clamping them is not clamping their sum: redistribute it to Shard "
-                "or Replicate first"
-            )
-    return t._local_tensor
 
 
 def _check(t: object, i: int) -> None:

@@ -23,7 +23,7 @@ from typing import Iterable, Literal, Sequence, Tuple, Union
 import torch
 
 from . import _ext, fallback
-from .fallback import local_tensor
+from .distributed import local_tensor
 
 __all__ = ["fused_clip_", "FusedClipper", "resolve_bounds", "SUPPORTED_DTYPES", "Backend"]
 

@@ -1,0 +1,134 @@
+"""How the kernels get built: setup.py's choice of extensions, and the first-use (JIT) build.
+
+The compilers are replaced by fakes here (each real build takes minutes); CI builds for real:
+`bash .ci/run` compiles both libraries and a wheel with a CUDA_HOME that holds no nvcc.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from wgan_ext import _ext
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def setup_py(monkeypatch):
+    """setup.py's functions, without running setup()."""
+    for name in ("WGAN_EXT_CUDA", "FORCE_CUDA", "TORCH_CUDA_ARCH_LIST"):
+        monkeypatch.delenv(name, raising=False)
+    return runpy.run_path(str(ROOT / "setup.py"), run_name="setup")
+
+
+def _toolkit(tmp_path: Path, with_nvcc: bool) -> str:
+    home = tmp_path / "cuda"
+    (home / "bin").mkdir(parents=True)
+    if with_nvcc:
+        (home / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    return str(home)
+
+
+def test_setup_and_jit_share_the_default_arch_list(setup_py):
+    assert setup_py["DEFAULT_ARCH_LIST"] == _ext.DEFAULT_CUDA_ARCH_LIST
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
+def test_cuda_home_without_nvcc_is_skipped_unless_asked_for(setup_py, monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", _toolkit(tmp_path, with_nvcc=False))
+    assert setup_py["_want_cuda"]() is False
+    assert "does not exist (a runtime-only CUDA?)" in capsys.readouterr().err
+    for flag in ("WGAN_EXT_CUDA", "FORCE_CUDA"):
+        monkeypatch.setenv(flag, "1")
+        with pytest.raises(RuntimeError, match="cannot be built.*nvcc does not exist"):
+            setup_py["_want_cuda"]()
+        monkeypatch.delenv(flag)
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
+def test_cuda_extension_is_built_where_a_gpu_is_visible_or_when_asked(setup_py, monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", _toolkit(tmp_path, with_nvcc=True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert setup_py["_want_cuda"]() is False
+    assert "no GPU visible; WGAN_EXT_CUDA=1 builds it anyway" in capsys.readouterr().err
+    monkeypatch.setenv("FORCE_CUDA", "1")
+    assert setup_py["_want_cuda"]() is True
+    monkeypatch.delenv("FORCE_CUDA")
+    monkeypatch.setenv("WGAN_EXT_CUDA", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert setup_py["_want_cuda"]() is False
+    monkeypatch.delenv("WGAN_EXT_CUDA")
+    assert setup_py["_want_cuda"]() is True
+
+
+def _fake_load(calls: list, fail: bool = False):
+    def load(**kwargs):
+        calls.append((kwargs, os.environ.get("TORCH_CUDA_ARCH_LIST")))
+        if fail:
+            raise RuntimeError("Error building extension 'wgan_ext_C'")
+        return "built"
+    return load
+
+
+def test_first_use_build_says_what_where_and_how_to_avoid_it(monkeypatch, capsys):
+    from torch.utils import cpp_extension
+
+    calls: list = []
+    monkeypatch.setattr(cpp_extension, "load", _fake_load(calls))
+    assert _ext._jit("wgan_ext_C", [], cuda=False) == "built"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert "compiling the CPU kernel of fused_clip_ on first use" in err[0]
+    assert "cached in" in err[0] and "WGAN_EXT_JIT=0" in err[0] and "--no-build-isolation" in err[0]
+    assert err[1] == "wgan-ext: compiled the CPU kernel of fused_clip_."
+    monkeypatch.setattr(cpp_extension, "load", _fake_load(calls, fail=True))
+    with pytest.raises(RuntimeError):
+        _ext._jit("wgan_ext_C", [], cuda=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "compiling the CPU kernel of fused_clip_ failed (RuntimeError)" in err[-1]
+
+
+def test_cuda_build_without_a_gpu_uses_the_default_arch_list(monkeypatch, capsys):
+    # torch's own detection asks the GPU and fails with an IndexError when there is none.
+    from torch.utils import cpp_extension
+
+    calls: list = []
+    monkeypatch.setattr(cpp_extension, "load", _fake_load(calls))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    _ext._jit("wgan_ext_C_cuda", [], cuda=True)
+    assert calls[-1][1] == _ext.DEFAULT_CUDA_ARCH_LIST
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # a user's choice wins
+    _ext._jit("wgan_ext_C_cuda", [], cuda=True)
+    assert calls[-1][1] == "9.0"
+
+
+def test_no_gpu_no_cuda_jit_build(monkeypatch, tmp_path):
+    # Without a GPU the CUDA kernel is not compiled on first use (minutes for nothing to run).
+    from torch.utils import cpp_extension
+
+    _ext.status("cpu")  # the CUDA library needs the CPU one, loaded for real
+    monkeypatch.setattr(_ext, "_status", dict(_ext._status))  # this test's loads stay here
+    calls: list = []
+    monkeypatch.setattr(cpp_extension, "load", _fake_load(calls))
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", _toolkit(tmp_path, with_nvcc=True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "13.0")
+    monkeypatch.setattr(_ext.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
+    monkeypatch.delenv("WGAN_EXT_CUDA", raising=False)
+    st = _ext._load("cuda")
+    assert not st.loaded and "no CUDA device visible, so not compiled" in st.reason
+    assert calls == []
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", _toolkit(tmp_path / "other", with_nvcc=False))
+    monkeypatch.setenv("WGAN_EXT_CUDA", "1")
+    st = _ext._load("cuda")
+    assert "no nvcc in CUDA_HOME" in st.reason and calls == []
