@@ -59,10 +59,11 @@ def test_torchgan_run_equals_hand_written_algorithm1(tmp_path) -> None:
     res = algorithm1(G, C, lambda: stream.take(1)[0], lambda m: torch.randn(m, cfg.encoding_dims),
                      n_gen_iters=12, n_critic=5, lr=cfg.lr, c=0.01)
     assert res.generator_updates == 12 and res.critic_updates == 60
-    for k, v in G.state_dict().items():
-        assert torch.equal(v, run.trainer.generator.state_dict()[k]), k
-    # the Trainer's batch that brought the 12th generator update also ran the next critic update
-    assert run.critic_loss.critic_updates == 61 and run.stream.position == 61
+    for model, ours in ((G, run.trainer.generator), (C, run.trainer.discriminator)):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ours.state_dict()[k]), k
+    # the run stops on the batch of the 12th generator update: no critic update of a 13th
+    assert run.critic_loss.critic_updates == 60 and run.stream.position == 60
 
 
 # ----------------------------------------------------------------------------- counts and outputs
@@ -77,8 +78,8 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
     assert pngs == ["step_000000.png", "step_000010.png", "step_000020.png", "step_000030.png"]
     rows = _rows(out)
     assert [int(r["gen_iter"]) for r in rows] == [0, 10, 20, 30]  # 0: the untrained generator
-    # Algorithm 1 with n_critic = 5: 5 critic updates before each generator update (+1, see above)
-    assert [int(r["critic_iter"]) for r in rows] == [0, 51, 101, 151]
+    # Algorithm 1 with n_critic = 5: 5 critic updates before each generator update
+    assert [int(r["critic_iter"]) for r in rows] == [0, 50, 100, 150]
     assert rows[0]["critic_w"] == ""  # no critic update yet
     for r in rows[1:]:
         assert 0 <= int(r["modes"]) <= 8 and r["modes_total"] == "8"
@@ -131,7 +132,7 @@ def test_exact_w1_in_metrics_is_recomputable(tmp_path) -> None:
 
 def test_paper_schedule_runs_100_critic_updates_first(tmp_path) -> None:
     res = T.run(_cfg(tmp_path, iterations=3, log_every=1, schedule="paper"), progress=False, quiet=True)
-    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [0, 101, 201, 301]
+    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [0, 100, 200, 300]
 
 
 @pytest.mark.parametrize("loss", ["gp", "hinge"])

@@ -370,8 +370,10 @@ def _build_network(cfg: TrainConfig, source: D.DataSource) -> Dict[str, Dict[str
 
 
 def _build_losses(cfg: TrainConfig) -> tuple[list, int]:
-    """(losses_list, Trainer ncritic). The generator loss is listed first, so torchgan calls it
-    before the critic loss in each batch and no batch is wasted (see wgan_ext.losses)."""
+    """(losses_list, Trainer ncritic). The critic loss is listed first and the Trainer offers the
+    generator loss a turn after it in every batch (``ncritic=1``); the losses keep the schedule.
+    So the batch of critic update ``n(g)`` also brings generator update ``g``: after ``k``
+    generator iterations exactly Algorithm 1's critic updates are done, none of the next."""
     from . import losses as L
 
     schedule = "paper" if cfg.schedule == "paper" else None
@@ -385,10 +387,7 @@ def _build_losses(cfg: TrainConfig) -> tuple[list, int]:
     else:
         critic = L.HingeCriticLoss(c=cfg.c, **common)
         gen = L.HingeGeneratorLoss()
-    # With the paper schedule (100, then n_critic) the Trainer offers the generator a turn at
-    # every batch and the losses decide; with a constant n_critic, torchgan's own gating matches.
-    ncritic = 1 if cfg.schedule == "paper" else cfg.n_critic
-    return [gen, critic], ncritic
+    return [critic, gen], 1
 
 
 def _make_trainer_class():
@@ -498,7 +497,7 @@ class _Run:
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         self.losses, ncritic = _build_losses(cfg)
-        self.gen_loss, self.critic_loss = self.losses
+        self.critic_loss, self.gen_loss = self.losses
         network = _build_network(cfg, source)
         self.n_periods = math.ceil(cfg.iterations / cfg.log_every)
         Trainer = _make_trainer_class()
