@@ -33,8 +33,19 @@ def test_train_tiny_run_and_report(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "done: 6 generator iterations (30 critic updates)" in out
     assert "exact W1" in out and "modes covered" in out
-    rho = json.load(open(tmp_path / "run" / "summary.json"))["spearman_critic_w1"]
-    assert f"Spearman(critic estimate, exact W1) over the run: {rho:.2f}" in out
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert f"Spearman(critic estimate, exact W1) over the run: {summary['spearman_critic_w1']:.2f}" in out
+    # the last evaluations (3 here, iteration 0 left out), recomputed from metrics.csv
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))[1:]
+    modes = [int(r["modes"]) for r in rows]
+    w1 = sum(float(r["w1"]) for r in rows) / 3
+    hq = sum(float(r["high_quality"]) for r in rows) / 3
+    assert summary["last_evaluations"]["count"] == 3
+    assert summary["last_evaluations"]["w1_mean"] == pytest.approx(w1)
+    assert f"over the last 3 evaluations: exact W1 {w1:.4f} on average, {min(modes)}-{max(modes)} modes, " \
+           f"{100 * hq:.0f}% within 3 std on average" in out
     cfg = json.load(open(tmp_path / "run" / "config.json"))
     assert (cfg["lr"], cfg["c"], cfg["seed"], cfg["iterations"]) == (1e-4, 0.02, 3, 6)
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)

@@ -99,6 +99,33 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
         assert im.size[0] > 200 and im.size[1] > 200
 
 
+def test_curves_show_the_critic_trend_on_a_log_axis(tmp_path, monkeypatch) -> None:
+    """The clipped critic's estimate (1e-4 ... 1e-5) gets its own log-scale panel, without the
+    unclipped step-0 value (1e-2) that would flatten it."""
+    import matplotlib.pyplot as plt
+
+    from wgan_ext import plots as P
+
+    rows = [{"gen_iter": 0, "critic_w": math.nan, "critic_w_eval": 1.3e-2, "gen_loss": math.nan, "w1": 1.4,
+             "w1_floor": 0.1, "modes": 0, "modes_total": 8, "high_quality": 0.0}]
+    rows += [{"gen_iter": 500 * k, "critic_w": 2e-4 / k, "critic_w_eval": 1.5e-4 / k, "gen_loss": -0.012,
+              "w1": 0.4 / k, "w1_floor": 0.1, "modes": k % 8, "modes_total": 8, "high_quality": 0.05 * k}
+             for k in range(1, 9)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    P.plot_curves(str(tmp_path / "curves.png"), rows)
+    critic, _, w1, modes = figures[0].axes[:4]
+    assert critic.get_yscale() == "log"
+    low, high = critic.get_ylim()
+    assert 1.5e-4 / 8 * 0.5 < low < 1.5e-4 / 8 and 2e-4 < high < 1e-3  # fits the trained values only
+    assert [list(line.get_xdata()) for line in critic.get_lines()] == [[500 * k for k in range(1, 9)]] * 2
+    assert w1.get_yscale() == "linear" and modes.get_ylabel() == "modes covered"
+    assert list(figures[0].axes[4].get_lines()[0].get_ydata()) == [100 * r["high_quality"] for r in rows]
+    rows[3]["critic_w"] = -1e-5  # an estimate below 0 cannot go on a log axis
+    P.plot_curves(str(tmp_path / "curves.png"), rows)
+    assert figures[1].axes[0].get_yscale() == "symlog"
+
+
 def test_tensorboard_scalars_match_metrics(tmp_path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

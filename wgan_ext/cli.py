@@ -175,6 +175,13 @@ def _report(summary: Dict[str, Any]) -> None:
     if f.get("modes") is not None:
         print(f"  modes covered: {f['modes']}/{f['modes_total']} "
               f"({100 * f['high_quality']:.0f}% of samples within 3 std of a mode)")
+    recent = summary.get("last_evaluations") or {}
+    if recent.get("count", 0) > 1 and recent.get("w1_mean") is not None:
+        line = f"  over the last {recent['count']} evaluations: exact W1 {recent['w1_mean']:.4f} on average"
+        if recent.get("modes_min") is not None:
+            line += (f", {recent['modes_min']:.0f}-{recent['modes_max']:.0f} modes, "
+                     f"{100 * recent['high_quality_mean']:.0f}% within 3 std on average")
+        print(line)
     if f.get("w1") is not None:
         rho = summary.get("spearman_critic_w1")
         print(f"  Spearman(critic estimate, exact W1) over the run: "

@@ -226,4 +226,23 @@ def summarize(cfg: TrainConfig, history: List[Dict[str, Any]], *, generator_upda
         "spearman_critic_w1": M.spearman(col("critic_w"), col("w1")) if history else math.nan,
         "spearman_critic_eval_w1": M.spearman(col("critic_w_eval"), col("w1")) if history else math.nan,
         "w1_floor": w1_floor,
+        "last_evaluations": _recent(history),
     })
+
+
+def _recent(history: List[Dict[str, Any]], n: int = 5) -> Dict[str, Any]:
+    """Scores over the last ``n`` evaluations after iteration 0: steadier than the last one alone
+    (modes covered and the fraction within 3 std swing with the generator)."""
+    rows = [r for r in history if r.get("gen_iter", 0) > 0][-n:]
+
+    def finite(k: str) -> List[float]:
+        return [float(r[k]) for r in rows if _finite(r.get(k))]
+
+    modes, w1, hq = finite("modes"), finite("w1"), finite("high_quality")
+    return {
+        "count": len(rows),
+        "w1_mean": sum(w1) / len(w1) if w1 else math.nan,
+        "modes_min": min(modes) if modes else math.nan,
+        "modes_max": max(modes) if modes else math.nan,
+        "high_quality_mean": sum(hq) / len(hq) if hq else math.nan,
+    }
