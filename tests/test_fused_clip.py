@@ -27,7 +27,7 @@ SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, -1e-30,
 
 
 def _backends() -> list:
-    """(device, backend) pairs: the reference everywhere, each compiled kernel where it loads."""
+    """(device, backend) pairs: the pure-PyTorch fallback everywhere, each compiled kernel where it loads."""
     out = [pytest.param("cpu", "torch", id="cpu-torch"), pytest.param("cpu", "cpu", id="cpu-kernel")]
     cuda_marks = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")]
     out.append(pytest.param("cuda", "torch", id="cuda-torch", marks=cuda_marks))

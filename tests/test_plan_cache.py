@@ -280,7 +280,7 @@ def test_backends_are_cached_separately():
     fused_clip_(m, C, backend="cpu")
     fused_clip_(m, C, backend="torch")
     assert cached_plans(m, "cpu") is not None
-    assert _plan_cache._entry(m, "torch") is None  # the reference path has nothing to cache
+    assert _plan_cache._entry(m, "torch") is None  # the pure-PyTorch fallback has nothing to cache
     clip_and_check(m, 2)
 
 
