@@ -186,6 +186,7 @@ def render(results: List[Dict[str, object]], iterations: int) -> str:
         "**All numbers come from this one machine.** Floating-point reductions round differently on",
         "other CPUs, libraries and thread counts, so the same command elsewhere follows another",
         "trajectory after a few evaluations: compare with the ranges over seeds, not with one run's digits.",
+        "Wall times depend on what else the machine runs (these cores were shared).",
         "",
         f"Settings (both methods): weight clipping c = {cfg.c}, n_critic = {cfg.n_critic}, RMSProp lr = {cfg.lr:g}, "
         f"batch m = {cfg.batch_size}, {cfg.iterations} generator iterations, MLPs {cfg.n_hidden} x {cfg.hidden} ReLU, "
