@@ -1,9 +1,10 @@
 """The ``wgan-ext`` command: ``wgan-ext train`` (and ``wgan-ext info`` when the build provides it).
 
 ``wgan-ext train`` with no arguments trains a weight-clipped WGAN (Algorithm 1) on 8 gaussians
-through a torchgan Trainer with this package's losses, in a couple of minutes on a laptop CPU.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing written or lost), 130 interrupted
-(a checkpoint was saved; continue with ``--resume``), 1 an I/O failure during the run.
+through a torchgan Trainer with this package's losses, in a few minutes on a laptop CPU.
+Exit codes: 0 done (or, with ``--resume``, nothing left to do), 2 bad input (one line on stderr,
+plus torch's reason on a second for an unreadable checkpoint; nothing written or lost), 130
+interrupted (a checkpoint was saved; continue with ``--resume``), 1 an I/O failure during the run.
 """
 
 from __future__ import annotations
