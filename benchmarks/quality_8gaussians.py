@@ -2,7 +2,7 @@
 
 Usage (from the repository root; a few minutes per seed and method on 2 CPU cores)::
 
-    PYTHONPATH=. python benchmarks/quality_8gaussians.py            # seeds 0 1 2 -> benchmarks/QUALITY.md
+    PYTHONPATH=. python benchmarks/quality_8gaussians.py            # seeds 0-4 -> benchmarks/QUALITY.md
     PYTHONPATH=. python benchmarks/quality_8gaussians.py --seeds 0 --iterations 500 --out /tmp/q.md
 
 For each seed it runs
@@ -29,6 +29,7 @@ The results table is written to ``--out`` (markdown).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -68,8 +69,14 @@ def run_ours(seed: int, iterations: int, runs_dir: str) -> Dict[str, object]:
             os.path.join(res.out, T.CHECKPOINT_NAME), weights_only=True)["models"]["generator"].items()},
         "spearman_eval": s["spearman_critic_eval_w1"],
         "wall_s": wall,
-        "w1_curve": [round(r["w1"], 4) for r in _history(res.out)],
+        **_curves(_history(res.out)),
     }
+
+
+def _curves(rows: List[Dict[str, float]]) -> Dict[str, List[float]]:
+    """Exact W1, modes covered and the high-quality fraction at each evaluation."""
+    return {"w1_curve": [round(r["w1"], 4) for r in rows], "modes_curve": [int(r["modes"]) for r in rows],
+            "hq_curve": [round(r["high_quality"], 3) for r in rows]}
 
 
 def _history(out: str) -> List[Dict[str, float]]:
@@ -141,7 +148,7 @@ def run_reference(seed: int, iterations: int, replay: bool = False) -> Dict[str,
         "spearman": M.spearman([r["critic_w"] for r in rows], [r["w1"] for r in rows]),
         "spearman_eval": M.spearman([r["critic_w_eval"] for r in rows], [r["w1"] for r in rows]),
         "wall_s": wall,
-        "w1_curve": [round(r["w1"], 4) for r in rows],
+        **_curves(rows),
         "final_generator": {k: v.clone() for k, v in G.state_dict().items()},
     }
 
@@ -153,13 +160,18 @@ def _f(v: object, spec: str) -> str:
     return format(v, spec)
 
 
-def _mean(rows: List[Dict[str, object]], key: str) -> str:
+def _range(rows: List[Dict[str, object]], key: str, spec: str) -> str:
+    """``min-max`` of a column over runs (one value as is; n/a when none is finite)."""
     vals = [float(r[key]) for r in rows if r[key] is not None and math.isfinite(float(r[key]))]  # type: ignore[arg-type]
     if not vals:
         return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+    lo, hi = format(min(vals), spec), format(max(vals), spec)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _last5(curve: List[float]) -> float:
+    finite = [v for v in curve if math.isfinite(v)]
+    return statistics.mean(finite[-5:])
 
 
 def render(results: List[Dict[str, object]], iterations: int) -> str:
@@ -171,51 +183,63 @@ def render(results: List[Dict[str, object]], iterations: int) -> str:
         f"({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{cfg.threads} torch thread(s)).",
         "",
+        "**All numbers come from this one machine.** Floating-point reductions round differently on",
+        "other CPUs, libraries and thread counts, so the same command elsewhere follows another",
+        "trajectory after a few evaluations: compare with the ranges over seeds, not with one run's digits.",
+        "Wall times depend on what else the machine runs (these cores were shared).",
+        "",
         f"Settings (both methods): weight clipping c = {cfg.c}, n_critic = {cfg.n_critic}, RMSProp lr = {cfg.lr:g}, "
         f"batch m = {cfg.batch_size}, {cfg.iterations} generator iterations, MLPs {cfg.n_hidden} x {cfg.hidden} ReLU, "
         f"noise dim {cfg.encoding_dims}; scored every {cfg.log_every} generator iterations on "
         f"{cfg.eval_samples} fixed generated vs {cfg.eval_samples} fixed real points.",
         "",
         "| method | seed | final exact W1 | W1, mean of last 5 evaluations | W1 floor (real vs real) | "
-        "modes covered (of 8) | samples within 3 std | Spearman(critic est., W1) | Spearman(critic eval est., W1) | "
-        "wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "modes covered (of 8) | samples within 3 std | same, mean of last 5 | Spearman(critic est., W1) | "
+        "Spearman(critic eval est., W1) | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['method']} | {r['seed']} | {_f(r['w1'], '.4f')} | {_f(r['w1_last5'], '.4f')} | "
-            f"{_f(r['w1_floor'], '.4f')} | {r['modes']} | "
-            f"{100 * float(r['high_quality']):.0f}% | {_f(r['spearman'], '.2f')} | {_f(r['spearman_eval'], '.2f')} | "
+            f"{_f(r['w1_floor'], '.4f')} | {r['modes']} | {100 * float(r['high_quality']):.0f}% | "
+            f"{100 * float(r['hq_last5']):.0f}% | {_f(r['spearman'], '.2f')} | {_f(r['spearman_eval'], '.2f')} | "
             f"{r['wall_s']:.0f} |"
         )
-    lines += ["", "Mean ± std over seeds:", "",
-              "| method | runs | final exact W1 | W1, mean of last 5 | modes covered | Spearman(critic est., W1) | "
-              "wall time (s) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "Range (min-max) over seeds:", "",
+              "| method | runs | final exact W1 | W1, mean of last 5 | modes covered | samples within 3 std, "
+              "mean of last 5 | Spearman(critic est., W1) | wall time (s) |",
+              "|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
-        lines.append(f"| {method} | {len(rows)} | {_mean(rows, 'w1')} | {_mean(rows, 'w1_last5')} | "
-                     f"{_mean(rows, 'modes')} | {_mean(rows, 'spearman')} | {_mean(rows, 'wall_s')} |")
-    replays = [r for r in results if r["method"].endswith("replay")]
-    for rep_ in replays:
-        ours = next(r for r in results if r["seed"] == rep_["seed"] and r["method"].startswith("wgan-ext"))
-        same = all(torch.equal(ours["final_generator"][k], v) for k, v in rep_["final_generator"].items())
+        hq = [dict(r, hq_pct=100 * float(r["hq_last5"])) for r in rows]
+        lines.append(f"| {method} | {len(rows)} | {_range(rows, 'w1', '.3f')} | {_range(rows, 'w1_last5', '.3f')} | "
+                     f"{_range(rows, 'modes', '.0f')} | {_range(hq, 'hq_pct', '.0f')}% | {_range(rows, 'spearman', '.2f')} | "
+                     f"{_range(rows, 'wall_s', '.0f')} |")
+    for rep_ in (r for r in results if "replay_identical" in r):
         lines += ["", f"Replay, seed {rep_['seed']}: final generator parameters "
-                      f"{'**bit-identical** to' if same else '**differ** from'} the `wgan-ext train` run's."]
-    lines += ["", "Exact W1 at each evaluation (first seed):", ""]
+                      f"{'**bit-identical** to' if rep_['replay_identical'] else '**differ** from'} the "
+                      "`wgan-ext train` run's (checked on this machine, same thread count)."]
+    first = results[0]["seed"]
+    lines += ["", f"At each evaluation (seed {first}): exact W1 / modes covered / % of samples within 3 std", ""]
     for method in dict.fromkeys(r["method"] for r in results):
-        first = next(r for r in results if r["method"] == method)
-        lines.append(f"- {method}: {', '.join(f'{v:.3f}' for v in first['w1_curve'])}")
+        r = next(r for r in results if r["method"] == method and r["seed"] == first)
+        lines.append(f"- {method}: " + ", ".join(
+            f"{w:.3f}/{m}/{100 * h:.0f}%" for w, m, h in zip(r["w1_curve"], r["modes_curve"], r["hq_curve"])))
     lines += [
         "",
         "How to read it: exact W1 is in the units of the plot axes (the 8 modes sit on a circle of",
         "radius 1.414); a perfect generator still scores the floor, because two finite samples of the",
-        "same distribution differ. \"Critic est.\" is the critic's Wasserstein estimate",
-        "E f(real) - E f(fake) averaged over each period's training batches (what the progress bar",
-        "shows); \"critic eval est.\" is the same estimate on the fixed evaluation sets. A Spearman",
-        "correlation near 1 means the critic's loss ranks the run's checkpoints as exact W1 does.",
-        "Wall time of ours includes what the reference does not do: plots, metrics files, TensorBoard",
-        "and a checkpoint per period.",
+        "same distribution differ. A mode is covered when at least a quarter of its fair share of",
+        "samples lies within 3 std of its centre; \"within 3 std\" is the fraction of samples within",
+        "3 std of some centre (the mode-collapse literature's \"high-quality samples\"). A clipped",
+        "WGAN strings samples between modes and the generator keeps moving, so both swing from one",
+        "evaluation to the next (see the per-evaluation line above): read the means over the last 5",
+        "evaluations, not the last value.",
+        "\"Critic est.\" is the critic's Wasserstein estimate E f(real) - E f(fake) averaged over each",
+        "period's training batches (what the progress bar shows); \"critic eval est.\" is the same",
+        "estimate on the fixed evaluation sets. A Spearman correlation near 1 means the critic's loss",
+        "ranks the run's checkpoints as exact W1 does. Wall time of ours includes what the reference",
+        "does not do: plots, metrics files, TensorBoard and a checkpoint per period.",
         "",
     ]
     return "\n".join(lines)
@@ -223,31 +247,52 @@ def render(results: List[Dict[str, object]], iterations: int) -> str:
 
 def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--iterations", type=int, default=T.TOY_DEFAULTS["iterations"])
     p.add_argument("--out", default=os.path.join(HERE, "QUALITY.md"))
     p.add_argument("--runs-dir", default=None, help="keep the run folders here (default: a temp folder)")
     p.add_argument("--no-replay", action="store_true", help="skip the replay of the first seed")
+    p.add_argument("--json", default=None, help="also save the results here (re-render with --render)")
+    p.add_argument("--render", default=None, metavar="JSON", help="only write --out from saved results")
     args = p.parse_args(argv)
-    results = []
+    if args.render:
+        with open(args.render, encoding="utf-8") as f:
+            saved = json.load(f)
+        results, iterations = saved["results"], saved["iterations"]
+    else:
+        results, iterations = _run_all(args), args.iterations
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"iterations": iterations, "results": results}, f, indent=1)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(render(results, iterations))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _run_all(args: argparse.Namespace) -> List[Dict[str, object]]:
+    results: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = args.runs_dir or tmp
         for i, seed in enumerate(args.seeds):
-            jobs = [lambda: run_ours(seed, args.iterations, runs_dir), lambda: run_reference(seed, args.iterations)]
+            ours = run_ours(seed, args.iterations, runs_dir)
+            jobs = [lambda: ours, lambda: run_reference(seed, args.iterations)]
             if i == 0 and not args.no_replay:
                 jobs.append(lambda: run_reference(seed, args.iterations, replay=True))
             for job in jobs:
                 r = job()
-                curve = [v for v in r["w1_curve"] if math.isfinite(v)]  # type: ignore[union-attr]
-                r["w1_last5"] = statistics.mean(curve[-5:])
+                if r["method"].endswith("replay"):  # type: ignore[union-attr]
+                    mine, theirs = ours["final_generator"], r["final_generator"]
+                    r["replay_identical"] = all(torch.equal(mine[k], v) for k, v in theirs.items())  # type: ignore[index]
+                r["w1_last5"] = _last5(r["w1_curve"])  # type: ignore[arg-type]
+                r["hq_last5"] = _last5(r["hq_curve"])  # type: ignore[arg-type]
                 print(f"{r['method']:<40} seed {seed}: W1 {_f(r['w1'], '.4f')}  last-5 {r['w1_last5']:.4f}  "
-                      f"modes {r['modes']}  Spearman {_f(r['spearman'], '.2f')}  {r['wall_s']:.0f} s", flush=True)
+                      f"modes {r['modes']}  within 3 std {100 * float(r['high_quality']):.0f}%  "
+                      f"Spearman {_f(r['spearman'], '.2f')}  {r['wall_s']:.0f} s", flush=True)
                 results.append(r)
-    text = render(results, args.iterations)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
-    return 0
+    for r in results:
+        r.pop("final_generator", None)  # tensors: compared above, not reported
+    return results
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from wgan_ext.losses import (  # noqa: E402
     WassersteinDiscriminatorLoss,
     WassersteinGeneratorLoss,
     WassersteinGradientPenalty,
+    UpdateCounter,
 )
 from wgan_ext.networks import MLPCritic, MLPGenerator  # noqa: E402
 
@@ -264,6 +265,73 @@ def test_generator_waits_for_the_critic_schedule(real):
     assert "".join(events) == "DDDG" + "DDG" * 3
     assert d_loss.generator_updates == g_loss.generator_updates == 4
     assert d_loss.critic_updates == 9 and d_loss.critic_updates_since_generator == 0
+
+
+def _alternate(g_loss, d_loss, losses, n_batches, real):
+    """Critic first, then the generator, in each of ``n_batches`` (the Trainer with ncritic=1)."""
+    gen, critic = models()
+    opt_g, opt_d = rmsprop(gen), rmsprop(critic)
+    for _ in range(n_batches):
+        d_loss.train_ops(gen, critic, opt_d, real, CPU, losses=losses)
+        g_loss.train_ops(gen, critic, opt_g, CPU, 8, losses=losses)
+    return gen, critic
+
+
+def test_an_explicit_counter_pairs_the_losses_like_the_default(real):
+    counter = UpdateCounter(n_critic=3)
+    d_loss, g_loss = WassersteinCriticLoss(counter=counter), WassersteinGeneratorLoss(counter=counter)
+    torch.manual_seed(0)
+    explicit = _alternate(g_loss, d_loss, {"d": d_loss, "g": g_loss}, 9, real)
+    assert (counter.critic_updates, counter.generator_updates, g_loss.generator_updates) == (9, 3, 3)
+    assert d_loss.counter is counter and d_loss.critic_updates == 9
+
+    d_default, g_default = WassersteinCriticLoss(n_critic=3), WassersteinGeneratorLoss()
+    assert g_default.counter is None
+    torch.manual_seed(0)
+    default = _alternate(g_default, d_default, {"d": d_default, "g": g_default}, 9, real)
+    assert g_default.counter is d_default.counter  # adopted from the Trainer's critic loss
+    for a, b in zip(explicit, default):
+        assert_params_equal(params(a), params(b))
+
+
+def test_losses_with_different_counters_are_refused(real):
+    gen, critic = models()
+    d_loss, g_loss = WassersteinCriticLoss(), WassersteinGeneratorLoss(counter=UpdateCounter(5))
+    with pytest.raises(ValueError, match="different UpdateCounters"):
+        _untouched(lambda: g_loss.train_ops(gen, critic, rmsprop(gen), CPU, 8, losses={"d": d_loss, "g": g_loss}),
+                   gen, critic)
+    with pytest.raises(ValueError, match="give n_critic/schedule to it"):
+        WassersteinCriticLoss(counter=UpdateCounter(5), n_critic=5)
+    with pytest.raises(TypeError, match="counter must be an UpdateCounter"):
+        WassersteinGeneratorLoss(counter=5)
+
+
+def test_state_dict_holds_counts_and_last_values_only(real):
+    d_loss, g_loss = WassersteinCriticLoss(c=0.05, n_critic=2), WassersteinGeneratorLoss()
+    _alternate(g_loss, d_loss, {"d": d_loss, "g": g_loss}, 5, real)
+    d_state, g_state = d_loss.state_dict(), g_loss.state_dict()
+    assert d_state["_extra_state"] == {
+        "counter": {"critic_updates": 5, "generator_updates": 2, "critic_updates_since_generator": 1},
+        "last_value": d_loss.last_value, "last_wasserstein": d_loss.last_wasserstein,
+        "last_loss": d_loss.last_loss, "last_penalty": None,
+    }
+    assert g_state["_extra_state"] == {"generator_updates": 2, "last_value": g_loss.last_value}
+
+    counter = UpdateCounter(2)
+    d_new, g_new = WassersteinCriticLoss(c=0.05, counter=counter), WassersteinGeneratorLoss(counter=counter)
+    d_new.load_state_dict(d_state)
+    g_new.load_state_dict(g_state)
+    assert (counter.critic_updates, counter.generator_updates, counter.critic_updates_since_generator) == (5, 2, 1)
+    assert (d_new.last_wasserstein, g_new.last_value) == (d_loss.last_wasserstein, g_loss.last_value)
+    assert d_new.clip == (-0.05, 0.05)  # configuration is not in the state
+
+    bad = {"_extra_state": {**d_state["_extra_state"], "counter": {"critic_updates": -1, "generator_updates": 0,
+                                                                   "critic_updates_since_generator": 0}}}
+    with pytest.raises(ValueError, match="critic_updates' must be an integer >= 0"):
+        d_new.load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing"):
+        g_new.load_state_dict({"_extra_state": {"generator_updates": 1}})
+    assert counter.critic_updates == 5 and g_new.generator_updates == 2  # nothing changed
 
 
 # --------------------------------------------------------------------------------------------

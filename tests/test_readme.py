@@ -21,4 +21,7 @@ def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(BLOCKS[index], f"README.md example {index}", "exec"), namespace)
     if "print(" in BLOCKS[index]:
-        assert capsys.readouterr().out.strip()  # it printed what it promises to print
+        out = capsys.readouterr().out
+        assert out.strip()
+        for promised in re.findall(r"# prints (.+)$", BLOCKS[index], flags=re.M):  # it prints what it says
+            assert promised.strip() in out.splitlines(), (promised, out)

@@ -23,7 +23,7 @@ from torchgan.trainer.base_trainer import BaseTrainer  # noqa: E402
 from _wgan_trainer_util import assert_same_state, loader, make_trainer, state, toy_data  # noqa: E402
 from wgan_ext import torchgan_compat as compat  # noqa: E402
 from wgan_ext.functional import CriticSchedule  # noqa: E402
-from wgan_ext.losses import WassersteinCriticLoss, WassersteinGeneratorLoss  # noqa: E402
+from wgan_ext.losses import UpdateCounter, WassersteinCriticLoss, WassersteinGeneratorLoss  # noqa: E402
 
 
 @pytest.fixture
@@ -138,4 +138,4 @@ def test_checkpoint_with_foreign_classes_is_still_refused(tmp_path):
 
 def test_checkpoint_globals_lists_loss_classes_and_helpers(tmp_path):
     trainer = make_trainer(tmp_path, _losses())
-    assert compat.checkpoint_globals(trainer) == [WassersteinGeneratorLoss, WassersteinCriticLoss, CriticSchedule]
+    assert compat.checkpoint_globals(trainer) == [WassersteinGeneratorLoss, UpdateCounter, CriticSchedule, WassersteinCriticLoss]

@@ -59,10 +59,11 @@ def test_torchgan_run_equals_hand_written_algorithm1(tmp_path) -> None:
     res = algorithm1(G, C, lambda: stream.take(1)[0], lambda m: torch.randn(m, cfg.encoding_dims),
                      n_gen_iters=12, n_critic=5, lr=cfg.lr, c=0.01)
     assert res.generator_updates == 12 and res.critic_updates == 60
-    for k, v in G.state_dict().items():
-        assert torch.equal(v, run.trainer.generator.state_dict()[k]), k
-    # the Trainer's batch that brought the 12th generator update also ran the next critic update
-    assert run.critic_loss.critic_updates == 61 and run.stream.position == 61
+    for model, ours in ((G, run.trainer.generator), (C, run.trainer.discriminator)):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ours.state_dict()[k]), k
+    # the run stops on the batch of the 12th generator update: no critic update of a 13th
+    assert run.critic_loss.critic_updates == 60 and run.stream.position == 60
 
 
 # ----------------------------------------------------------------------------- counts and outputs
@@ -77,8 +78,8 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
     assert pngs == ["step_000000.png", "step_000010.png", "step_000020.png", "step_000030.png"]
     rows = _rows(out)
     assert [int(r["gen_iter"]) for r in rows] == [0, 10, 20, 30]  # 0: the untrained generator
-    # Algorithm 1 with n_critic = 5: 5 critic updates before each generator update (+1, see above)
-    assert [int(r["critic_iter"]) for r in rows] == [0, 51, 101, 151]
+    # Algorithm 1 with n_critic = 5: 5 critic updates before each generator update
+    assert [int(r["critic_iter"]) for r in rows] == [0, 50, 100, 150]
     assert rows[0]["critic_w"] == ""  # no critic update yet
     for r in rows[1:]:
         assert 0 <= int(r["modes"]) <= 8 and r["modes_total"] == "8"
@@ -96,6 +97,33 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
 
     with Image.open(os.path.join(out, "curves.png")) as im:
         assert im.size[0] > 200 and im.size[1] > 200
+
+
+def test_curves_show_the_critic_trend_on_a_log_axis(tmp_path, monkeypatch) -> None:
+    """The clipped critic's estimate (1e-4 ... 1e-5) gets its own log-scale panel, without the
+    unclipped step-0 value (1e-2) that would flatten it."""
+    import matplotlib.pyplot as plt
+
+    from wgan_ext import plots as P
+
+    rows = [{"gen_iter": 0, "critic_w": math.nan, "critic_w_eval": 1.3e-2, "gen_loss": math.nan, "w1": 1.4,
+             "w1_floor": 0.1, "modes": 0, "modes_total": 8, "high_quality": 0.0}]
+    rows += [{"gen_iter": 500 * k, "critic_w": 2e-4 / k, "critic_w_eval": 1.5e-4 / k, "gen_loss": -0.012,
+              "w1": 0.4 / k, "w1_floor": 0.1, "modes": k % 8, "modes_total": 8, "high_quality": 0.05 * k}
+             for k in range(1, 9)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    P.plot_curves(str(tmp_path / "curves.png"), rows)
+    critic, _, w1, modes = figures[0].axes[:4]
+    assert critic.get_yscale() == "log"
+    low, high = critic.get_ylim()
+    assert 1.5e-4 / 8 * 0.5 < low < 1.5e-4 / 8 and 2e-4 < high < 1e-3  # fits the trained values only
+    assert [list(line.get_xdata()) for line in critic.get_lines()] == [[500 * k for k in range(1, 9)]] * 2
+    assert w1.get_yscale() == "linear" and modes.get_ylabel() == "modes covered"
+    assert list(figures[0].axes[4].get_lines()[0].get_ydata()) == [100 * r["high_quality"] for r in rows]
+    rows[3]["critic_w"] = -1e-5  # an estimate below 0 cannot go on a log axis
+    P.plot_curves(str(tmp_path / "curves.png"), rows)
+    assert figures[1].axes[0].get_yscale() == "symlog"
 
 
 def test_tensorboard_scalars_match_metrics(tmp_path) -> None:
@@ -131,7 +159,7 @@ def test_exact_w1_in_metrics_is_recomputable(tmp_path) -> None:
 
 def test_paper_schedule_runs_100_critic_updates_first(tmp_path) -> None:
     res = T.run(_cfg(tmp_path, iterations=3, log_every=1, schedule="paper"), progress=False, quiet=True)
-    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [0, 101, 201, 301]
+    assert [int(r["critic_iter"]) for r in _rows(res.out)] == [0, 100, 200, 300]
 
 
 @pytest.mark.parametrize("loss", ["gp", "hinge"])
@@ -206,16 +234,18 @@ def test_ctrl_c_then_resume_is_bit_identical(tmp_path, stop_at) -> None:
     cut = T.run(_cfg(tmp_path, "cut"), progress=False, quiet=True, on_batch=ctrl_c)
     assert cut.interrupted
     saved = _load(cut.out)
-    assert saved["stream_position"] == stop_at
+    assert saved["loop"]["stream_position"] == stop_at
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
     resumed = T.run(T.TrainConfig(out=cut.out), resume=True, progress=False, quiet=True)
     assert not resumed.interrupted
     a, b = _load(full.out), _load(cut.out)
-    for key in ("models", "optimizers", "losses", "loss_information", "rng", "stream_position", "next_period"):
+    for key in ("models", "optimizers", "losses", "loss_information", "rng"):
         _tensors_equal(a[key], b[key], key)
+    for key in ("stream_position", "next_period", "period_stats"):
+        _tensors_equal(a["loop"][key], b["loop"][key], key)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
-    _tensors_equal(strip(a["history"]), strip(b["history"]), "history")
+    _tensors_equal(strip(a["loop"]["history"]), strip(b["loop"]["history"]), "history")
     assert [r["gen_iter"] for r in _rows(cut.out)] == ["0", "10", "20", "30"]
 
 
@@ -237,7 +267,7 @@ def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path) -> None:
     ck["config"]["hidden"] = 32
     torch.save(ck, ck_path)
     with pytest.raises(T.TrainError, match="does not fit"):
-        T.run(T.TrainConfig(out=res.out), resume=True)
+        T.run(T.TrainConfig(out=res.out), resume=True, explicit={"iterations": 4})
 
     torch.save({"epoch": 3}, ck_path)  # e.g. a torchgan checkpoint
     with pytest.raises(T.TrainError, match="not a wgan-ext"):
@@ -246,7 +276,7 @@ def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path) -> None:
     with open(ck_path, "wb") as f:
         f.write(b"\x00garbage")
     before = os.listdir(res.out)
-    with pytest.raises(T.TrainError, match="corrupt"):
+    with pytest.raises(T.TrainError, match="unreadable or not a wgan-ext checkpoint\nreason: "):
         T.run(T.TrainConfig(out=res.out), resume=True)
     assert os.listdir(res.out) == before and open(ck_path, "rb").read() == b"\x00garbage"
 

@@ -26,6 +26,7 @@ _LAZY = {
     "WassersteinGradientPenalty": "losses",
     "HingeGeneratorLoss": "losses",
     "HingeCriticLoss": "losses",
+    "UpdateCounter": "losses",
     "get_loss": "plugins",
     "create_loss": "plugins",
     "available_losses": "plugins",

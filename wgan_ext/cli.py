@@ -1,15 +1,17 @@
 """The ``wgan-ext`` command: ``wgan-ext train`` (and ``wgan-ext info`` when the build provides it).
 
 ``wgan-ext train`` with no arguments trains a weight-clipped WGAN (Algorithm 1) on 8 gaussians
-through a torchgan Trainer with this package's losses, in a couple of minutes on a laptop CPU.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing written or lost), 130 interrupted
-(a checkpoint was saved; continue with ``--resume``), 1 an I/O failure during the run.
+through a torchgan Trainer with this package's losses, in a few minutes on a laptop CPU.
+Exit codes: 0 done (or, with ``--resume``, nothing left to do), 2 bad input (one line on stderr,
+plus torch's reason on a second for an unreadable checkpoint; nothing written or lost), 130
+interrupted (a checkpoint was saved; continue with ``--resume``), 1 an I/O failure during the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 from typing import Any, Dict, List, NoReturn, Optional
@@ -43,84 +45,113 @@ def _float(s: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
 
 
+def _num(v: float) -> str:
+    """A default for help texts: 64, 0.01, 1e-4."""
+    text = f"{v:.0e}" if 0 < abs(v) < 1e-3 else f"{v:g}"
+    return text.replace("e-0", "e-")
+
+
+def _positive_finite(s: str) -> float:
+    v = _float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wgan-ext`` (subcommands ``train`` and ``info``)."""
     from .data import DATASETS, TOY_DATASETS
-    from .train import LOSSES, OPTIMIZERS, SCHEDULES, TOY_DEFAULTS
+    from .functional import PAPER_C, CriticSchedule
+    from .train_config import (ADAM_BETAS, ARCHS, GP_LR, IMAGE_DEFAULTS, LOSSES, MLP_THREADS, OPTIMIZERS, SCHEDULES,
+                               TOY_DEFAULTS, TrainConfig)
+
+    cfg = TrainConfig()  # the fixed defaults; per-dataset ones come from TOY_DEFAULTS / IMAGE_DEFAULTS
+    toy, img = TOY_DEFAULTS, IMAGE_DEFAULTS
+    paper = CriticSchedule.paper()
+
+    def per_data(key: str) -> str:
+        return f"default {_num(toy[key])} on the 2-D toys, {_num(img[key])} otherwise"
 
     parser = _Parser(prog=PROG, description="Weight-clipped WGAN to the letter of the paper, on torchgan.")
     sub = parser.add_subparsers(dest="command", metavar="{train,info}", parser_class=_Parser)
     sub.add_parser("info", help="build and kernel information (fused clip backends)", add_help=False)
     t = sub.add_parser(
         "train",
-        help="train a WGAN (default: weight-clipped, 8 gaussians, a few minutes on CPU)",
+        help=f"train a WGAN (default: weight-clipped, {cfg.dataset}, a few minutes on CPU)",
         description=(
             "Train a WGAN through a torchgan Trainer with wgan-ext's losses. With no arguments: "
-            "Algorithm 1 of the WGAN paper (RMSProp, c=0.01, n_critic=5, batch 64) on 8 gaussians, "
-            f"{TOY_DEFAULTS['iterations']} generator iterations, lr {TOY_DEFAULTS['lr']:g}. "
+            f"Algorithm 1 of the WGAN paper (RMSProp, c={PAPER_C:g}, n_critic={cfg.n_critic}, batch "
+            f"{cfg.batch_size}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}. "
             "Writes a run folder with samples, curves.png, metrics.csv, summary.json, config.json, "
             "checkpoint.pt (and TensorBoard events if tensorboard is installed). Iterations are generator "
             "iterations; each torchgan epoch is one logging period of --log-every of them, and the toys "
             "are generated afresh for every batch (an endless dataset). Ctrl-C saves a checkpoint; "
-            "--resume continues bit for bit (on CPU)."
+            "--resume continues it (bit for bit on CPU, on the same machine with the same --threads)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    S = argparse.SUPPRESS  # None defaults are filled per dataset/loss by wgan_ext.train.resolve_config
+    S = argparse.SUPPRESS  # None defaults are filled per dataset/loss by wgan_ext.train_config.resolve_config
     d = t.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, default=S,
                    help=f"{', '.join(TOY_DATASETS)}: 2-D toys generated in code; digits: scikit-learn's "
                         "bundled 8x8 digits; mnist/cifar10/folder: your own files under --data-dir "
-                        "(never downloaded). Default 8gaussians")
+                        f"(never downloaded). Default {cfg.dataset}")
     d.add_argument("--data-dir", default=S, help="folder with MNIST/CIFAR-10 files or your images")
-    d.add_argument("--image-size", type=_positive_int, default=S, help="resize images to this side (default 32)")
-    d.add_argument("--channels", type=int, choices=(1, 3), default=S, help="colour channels for --dataset folder (default 3)")
+    d.add_argument("--image-size", type=_positive_int, default=S,
+                   help=f"resize images to this side (default {img['image_size']})")
+    d.add_argument("--channels", type=int, choices=(1, 3), default=S,
+                   help=f"colour channels for --dataset folder (default {cfg.channels})")
     a = t.add_argument_group("algorithm")
     a.add_argument("--loss", choices=LOSSES, default=S,
                    help="clip: weight-clipped WGAN (Algorithm 1); gp: WGAN-GP; hinge: hinge loss with "
-                        "clipping (seed 001). Default clip")
-    a.add_argument("--c", type=_float, default=S, help="clip critic weights to [-c, c] (clip, hinge; default 0.01)")
-    a.add_argument("--n-critic", type=_positive_int, default=S, help="critic updates per generator update (default 5)")
+                        f"clipping (seed 001). Default {cfg.loss}")
+    a.add_argument("--c", type=_float, default=S, help=f"clip critic weights to [-c, c] (clip, hinge; default {PAPER_C:g})")
+    a.add_argument("--n-critic", type=_positive_int, default=S,
+                   help=f"critic updates per generator update (default {cfg.n_critic})")
     a.add_argument("--schedule", choices=SCHEDULES, default=S,
-                   help="constant n_critic, or the paper code's: 100 critic updates for the first 25 "
-                        "generator iterations and every 500th. Default constant")
+                   help=f"constant n_critic, or the paper code's: {paper.boost} critic updates for the first "
+                        f"{paper.warmup} generator iterations and every {paper.every}th. Default {cfg.schedule}")
     a.add_argument("--paper-schedule", dest="schedule", action="store_const", const="paper", default=S,
                    help="same as --schedule paper")
     a.add_argument("--lr", type=_float, default=S,
-                   help=f"learning rate. Default {TOY_DEFAULTS['lr']:g} on the 2-D toys, 5e-5 (the paper's) "
-                        "otherwise, 1e-4 for gp (Adam). Why not 5e-5 on the toys: on 8 gaussians it needs about "
-                        "3x the iterations to reach the same exact W1 (measured), too slow for a first run; "
-                        "the rest of Algorithm 1 (RMSProp, c, n_critic, m) is unchanged")
+                   help=f"learning rate. {'D' + per_data('lr')[1:]} (the paper's), {_num(GP_LR)} for gp (Adam). "
+                        f"Why not {_num(img['lr'])} on the toys: on 8 gaussians it needs about 3x the iterations to "
+                        "reach the same exact W1 (measured), too slow for a first run; the rest of Algorithm 1 "
+                        "(RMSProp, c, n_critic, m) is unchanged")
     a.add_argument("--optimizer", choices=OPTIMIZERS, default=S,
-                   help="rmsprop (paper) or adam (betas 0.5, 0.9; the default for gp)")
-    a.add_argument("--gp-lambda", type=_float, default=S, help="gradient-penalty weight for --loss gp (default 10)")
+                   help=f"rmsprop (paper) or adam (betas {ADAM_BETAS[0]:g}, {ADAM_BETAS[1]:g}; the default for gp)")
+    a.add_argument("--gp-lambda", type=_float, default=S,
+                   help=f"gradient-penalty weight for --loss gp (default {cfg.gp_lambda:g})")
     r = t.add_argument_group("run length")
-    r.add_argument("--batch-size", type=_positive_int, default=S, help="m, samples per batch (default 64)")
+    r.add_argument("--batch-size", type=_positive_int, default=S, help=f"m, samples per batch (default {cfg.batch_size})")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--iterations", type=_positive_int, default=S,
                    help=f"generator iterations, each after n_critic critic updates on fresh batches "
-                        f"(default {TOY_DEFAULTS['iterations']} on toys, 2000 otherwise)")
-    g.add_argument("--epochs", type=_float, default=S,
+                        f"({per_data('iterations')})")
+    g.add_argument("--epochs", type=_positive_finite, default=S,
                    help="passes over a finite dataset instead (converted to generator iterations)")
     r.add_argument("--log-every", type=_positive_int, default=S,
-                   help=f"evaluate, plot and checkpoint every N generator iterations (default {TOY_DEFAULTS['log_every']} "
-                        "on toys, 200 otherwise)")
+                   help=f"evaluate, plot and checkpoint every N generator iterations ({per_data('log_every')})")
     m = t.add_argument_group("model")
-    m.add_argument("--arch", choices=("mlp", "dcgan"), default=S, help="mlp (toys, digits) or dcgan (image files)")
-    m.add_argument("--hidden", type=_positive_int, default=S, help=f"MLP units per layer (default {TOY_DEFAULTS['hidden']} on toys, 512 (the paper's) otherwise)")
-    m.add_argument("--encoding-dims", type=_positive_int, default=S, help="noise dimension (default 2 on toys, 100 otherwise)")
+    m.add_argument("--arch", choices=ARCHS, default=S, help="mlp (toys, digits) or dcgan (image files)")
+    m.add_argument("--hidden", type=_positive_int, default=S,
+                   help=f"MLP units per layer ({per_data('hidden')}, the paper's)")
+    m.add_argument("--encoding-dims", type=_positive_int, default=S, help=f"noise dimension ({per_data('encoding_dims')})")
     o = t.add_argument_group("run")
-    o.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
-    o.add_argument("--device", default=S, help="cpu, cuda, cuda:1, ... (default cpu)")
+    o.add_argument("--seed", type=int, default=S, help=f"random seed (default {cfg.seed})")
+    o.add_argument("--device", default=S, help=f"cpu, cuda, cuda:1, ... or mps (default {cfg.device})")
     o.add_argument("--threads", type=_positive_int, default=S,
-                   help="CPU threads for torch (default 1 for MLPs: their tensors are too small to gain from more)")
-    o.add_argument("--eval-samples", type=_positive_int, default=S, help="samples for exact W1 and modes (default 512)")
+                   help=f"CPU threads for torch, at most the CPUs this process may use (default {MLP_THREADS} for "
+                        "MLPs: their tensors are too small to gain from more; else torch's default)")
+    o.add_argument("--eval-samples", type=_positive_int, default=S,
+                   help=f"samples for exact W1 and modes (default {cfg.eval_samples})")
     o.add_argument("--out", default=S, help="run folder (default runs/DATASET-LOSS-TIME)")
     o.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                    help="continue a run from its checkpoint: RUN (a run folder or checkpoint.pt), else --out, "
                         "else the latest run under ./runs")
-    o.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
-    o.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    o.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show the progress bar (default: on a terminal)")
+    o.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show the progress bar: one line per period instead")
     o.add_argument("--quiet", action="store_true", help="no per-period lines when the bar is off")
     return parser
 
@@ -145,6 +176,13 @@ def _report(summary: Dict[str, Any]) -> None:
     if f.get("modes") is not None:
         print(f"  modes covered: {f['modes']}/{f['modes_total']} "
               f"({100 * f['high_quality']:.0f}% of samples within 3 std of a mode)")
+    recent = summary.get("last_evaluations") or {}
+    if recent.get("count", 0) > 1 and recent.get("w1_mean") is not None:
+        line = f"  over the last {recent['count']} evaluations: exact W1 {recent['w1_mean']:.4f} on average"
+        if recent.get("modes_min") is not None:
+            line += (f", {recent['modes_min']:.0f}-{recent['modes_max']:.0f} modes, "
+                     f"{100 * recent['high_quality_mean']:.0f}% within 3 std on average")
+        print(line)
     if f.get("w1") is not None:
         rho = summary.get("spearman_critic_w1")
         print(f"  Spearman(critic estimate, exact W1) over the run: "
@@ -174,6 +212,11 @@ def _train(args: argparse.Namespace) -> int:
     except OSError as e:  # disk full, folder removed mid-run, ...
         where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
         return _err(f"could not write{where}: {e.strerror or e}", 1)
+    if result.nothing_to_do:
+        s = result.summary
+        print(f"nothing to do: {result.out} has already done {s['generator_iterations']} of {s['iterations']} "
+              f"generator iterations; to train longer: {PROG} train --resume {result.out} --iterations N")
+        return 0
     if result.interrupted:
         ck = os.path.join(result.out, "checkpoint.pt")
         print(f"interrupted at generator iteration {result.summary['generator_iterations']}; "

@@ -308,7 +308,7 @@ class ImageFiles(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 im = im.convert(self.mode)
                 return self.transform(im)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # the last: a header claiming too many pixels
             raise DataError(f"cannot read image {path!r}: {e}") from None
 
 

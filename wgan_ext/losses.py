@@ -27,25 +27,46 @@ What differs from ``torchgan.losses`` (which the classes subclass, and accept th
 * clear errors (``ValueError`` / ``TypeError`` naming the argument) instead of silent fallbacks,
   all raised before anything is modified.
 
-Schedule (where it lives, and why)
+Schedule: an :class:`UpdateCounter` shared by the pair of losses
     torchgan's Trainer calls the generator loss whenever its count of critic-loss calls is a
     multiple of the constant ``ncritic`` -- including before the very first critic update -- and
     cannot vary ``ncritic``. Rather than a Trainer subclass, the pair of losses carries the
-    schedule: the critic loss owns a :class:`~wgan_ext.functional.CriticSchedule` and counts its
-    updates; the generator loss finds it through the Trainer's ``losses`` attribute (torchgan's
-    argument mapping passes it to ``train_ops``) and steps only when the critic has done
-    ``n(g)`` updates since the last generator update; otherwise the call is a no-op. The critic
-    loss likewise refuses a batch while a generator update is due. So the update sequence is
-    exactly Algorithm 1 whatever the list order and ``ncritic``; with
-    ``losses_list=[generator_loss, critic_loss]`` and ``ncritic`` = ``n_critic`` (or any divisor
-    of every ``n(g)``, e.g. 5 or 1 for the paper schedule) no batch is wasted.
+    schedule in one small shared object, an :class:`UpdateCounter`: the critic loss counts its
+    updates there, the generator loss steps only when the counter says that the critic has done
+    ``n(g)`` updates since the last generator update (otherwise the call is a no-op), and the
+    critic loss refuses a batch while a generator update is due. So the update sequence is
+    exactly Algorithm 1 whatever the list order and ``ncritic``.
+
+    Pass one counter to both losses to pair them explicitly::
+
+        counter = UpdateCounter(n_critic=5)                   # or schedule="paper"
+        losses = [WassersteinCriticLoss(c=0.01, counter=counter), WassersteinGeneratorLoss(counter=counter)]
+
+    Without one, the critic loss makes its own (from its ``n_critic`` / ``schedule``) and a
+    generator loss without a counter adopts the counter of the one wgan_ext critic loss in the
+    same Trainer on its first ``train_ops`` call (torchgan passes the Trainer's ``losses`` dict).
     ``n_critic=None`` (default) takes the Trainer's ``ncritic``.
 
+    Which list order? Both waste no batch:
+
+    * ``[generator_loss, critic_loss]`` with ``ncritic`` = ``n_critic`` (torchgan's usual
+      form): the generator update due after critic update ``k * n_critic`` comes at the start
+      of the *next* batch, so ``N`` batches give ``N`` critic updates and ``N // n_critic - 1``
+      generator updates once ``N`` is a multiple of ``n_critic`` (the last one is due).
+    * ``[critic_loss, generator_loss]`` with ``ncritic=1`` (what ``wgan-ext train`` uses; needs
+      ``n_critic`` on the critic loss or counter): the generator update comes in the same batch
+      as the critic update that completes its ``n(g)``, so ``k * n_critic`` batches give exactly
+      ``k`` generator updates. Also right for the paper schedule.
+
     Consequence: torchgan's ``loss_information["generator_iters"]`` counts *calls* of the
-    generator loss (its meaning in torchgan), one more than the real updates when the Trainer
-    calls it before any critic update. The real counts are
+    generator loss (its meaning in torchgan), not updates. The real counts are
     ``critic_loss.critic_updates`` / ``critic_loss.generator_updates``. A call that does not
     update returns the last value (0.0 before the first update).
+
+Checkpoints: ``state_dict()`` / ``load_state_dict()`` of each loss hold only what changes while
+training (update counts and last values, as the module's extra state), not its configuration;
+the critic loss's includes the shared counter's counts. torchgan's own ``Trainer.save_model``
+pickles the loss objects instead, which works too (:mod:`wgan_ext.torchgan_compat`).
 
 Importing this module applies :func:`wgan_ext.torchgan_compat.apply` (two narrow fixes that let
 torchgan 0.1.0's Trainer write images and resume checkpoints on current torch/torchvision).
@@ -67,7 +88,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "Without torchgan, use wgan_ext.functional (the same math for a plain PyTorch loop)."
     ) from _e
 
-from . import functional as F
+from . import functional as WF
 from . import torchgan_compat
 from .functional import Clip, CriticSchedule
 from .ops import Backend
@@ -82,10 +103,102 @@ __all__ = [
     "HingeGeneratorLoss",
     "HingeCriticLoss",
     "CriticLossBase",
+    "UpdateCounter",
 ]
 
-Schedule = Union[None, str, CriticSchedule]
+ScheduleArg = Union[None, str, CriticSchedule]
 _LABEL_TYPES = ("none", "required", "generated")
+
+
+# --------------------------------------------------------------------------------------------
+# the schedule and update counts a critic loss shares with its generator loss
+
+
+class UpdateCounter:
+    r"""The critic schedule and update counts shared by a critic loss and its generator loss.
+
+    The critic loss records each critic update here, the generator loss asks
+    :meth:`generator_update_due` and records each generator update. See the module docstring
+    for how the losses get one (explicitly, or by default from the critic loss).
+
+    Args:
+        n_critic: critic updates per generator update; ``None`` takes the Trainer's ``ncritic``
+            (else 5).
+        schedule: ``None`` / ``"constant"`` (``n_critic`` every time), ``"paper"`` (100 for the
+            first 25 generator iterations and every 500th), a
+            :class:`~wgan_ext.functional.CriticSchedule`, or ``"trainer"`` (no gating: the
+            Trainer's constant ``ncritic`` alone decides, as in torchgan).
+
+    Attributes:
+        schedule (CriticSchedule | None): ``None`` means the Trainer decides (no gating).
+        critic_updates (int): critic updates made.
+        generator_updates (int): generator updates made.
+        critic_updates_since_generator (int): critic updates since the last generator update.
+        trainer_ncritic (int | None): the Trainer's ``ncritic``, set by the losses on each call.
+    """
+
+    _STATE = ("critic_updates", "generator_updates", "critic_updates_since_generator")
+
+    def __init__(self, n_critic: Optional[int] = None, schedule: ScheduleArg = None) -> None:
+        if schedule == "trainer":
+            if n_critic is not None:
+                raise ValueError(f"schedule='trainer' leaves n_critic to the Trainer's ncritic; got n_critic={n_critic!r}")
+            self.schedule: Optional[CriticSchedule] = None
+        else:
+            self.schedule = WF.resolve_schedule(schedule, n_critic)
+        self.critic_updates = 0
+        self.generator_updates = 0
+        self.critic_updates_since_generator = 0
+        self.trainer_ncritic: Optional[int] = None
+
+    @property
+    def gates(self) -> bool:
+        """True when the losses keep the schedule (False: ``schedule="trainer"``)."""
+        return self.schedule is not None
+
+    def required_critic_updates(self) -> int:
+        """``n(g)`` for the next generator update ``g = generator_updates``."""
+        schedule = self.schedule if self.schedule is not None else CriticSchedule()
+        return schedule(self.generator_updates, self.trainer_ncritic)
+
+    def generator_update_due(self) -> bool:
+        """True once the critic has done its ``n(g)`` updates since the last generator update."""
+        return self.critic_updates_since_generator >= self.required_critic_updates()
+
+    def record_critic_update(self) -> None:
+        self.critic_updates += 1
+        self.critic_updates_since_generator += 1
+
+    def record_generator_update(self) -> None:
+        self.generator_updates += 1
+        self.critic_updates_since_generator = 0
+
+    def state_dict(self) -> dict:
+        """The counts (the schedule is configuration and is not included)."""
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the counts of :meth:`state_dict`; ``ValueError`` (nothing changed) if they do not fit."""
+        _check_state(state, self._STATE, "UpdateCounter")
+        for k in self._STATE:
+            v = state[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"UpdateCounter state {k!r} must be an integer >= 0, got {v!r}")
+        for k in self._STATE:
+            setattr(self, k, int(state[k]))
+
+    def __repr__(self) -> str:
+        return (f"UpdateCounter(schedule={self.schedule!r}, critic_updates={self.critic_updates}, "
+                f"generator_updates={self.generator_updates})")
+
+
+def _check_state(state: Any, keys: Tuple[str, ...], owner: str) -> None:
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{owner} state must be a mapping, got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    unexpected = [k for k in state if k not in keys]
+    if missing or unexpected:
+        raise ValueError(f"{owner} state does not fit: missing {missing}, unexpected {unexpected}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,6 +256,11 @@ def _critic_callers(
     return (lambda x: discriminator(x, real_labels)), (lambda x: discriminator(x, fake_labels))
 
 
+def _check_counter(counter: Any) -> None:
+    if counter is not None and not isinstance(counter, UpdateCounter):
+        raise TypeError(f"counter must be an UpdateCounter or None, got {type(counter).__name__}")
+
+
 def _scan_losses(losses: Any) -> Tuple[List["WassersteinGeneratorLoss"], List["CriticLossBase"], List[Any]]:
     """Our generator losses, our critic losses and other critic losses in the Trainer's ``losses``."""
     if losses is None:
@@ -175,9 +293,10 @@ class WassersteinGeneratorLoss(GeneratorLoss):
     .. math:: L(G) = -\mathbb{E}_{z \sim p(z)}[f(G(z))]
 
     ``train_ops``: sample ``z`` (``torch.randn(batch_size, generator.encoding_dims)``, as
-    torchgan), one generator update with the generator's optimizer. With one of our critic losses
-    in the same Trainer it steps only when the critic's schedule says a generator update is due,
-    and is a no-op (returning the last loss) otherwise -- see the module docstring.
+    torchgan), one generator update with the generator's optimizer. With an
+    :class:`UpdateCounter` (its own, or the critic loss's in the same Trainer) it steps only when
+    the counter says a generator update is due, and is a no-op (returning the last loss)
+    otherwise -- see the module docstring.
 
     Args:
         reduction: ``"mean"`` (the paper), ``"sum"``, or ``"none"`` (``forward`` only: an update
@@ -185,21 +304,41 @@ class WassersteinGeneratorLoss(GeneratorLoss):
         override_train_ops: replaces the update rule; called as torchgan does,
             ``override_train_ops(generator, discriminator, optimizer_generator, device,
             batch_size, labels)``. It still counts as one generator update.
+        counter: the :class:`UpdateCounter` shared with the critic loss; ``None``: adopt the
+            critic loss's on the first ``train_ops`` in a Trainer.
 
     Attributes:
+        counter (UpdateCounter | None): the shared counter (``None`` until paired).
         generator_updates (int): real generator updates made by this loss.
         last_value (float): the loss of the last update (0.0 before the first).
     """
 
     _objective = "wasserstein"
+    _STATE = ("generator_updates", "last_value")
+    _checkpoint_globals = (UpdateCounter, CriticSchedule)  # allow-listed by torchgan_compat
 
-    def __init__(self, reduction: str = "mean", override_train_ops: Optional[Callable] = None) -> None:
-        F.check_reduction(reduction)
+    def __init__(
+        self, reduction: str = "mean", override_train_ops: Optional[Callable] = None, *,
+        counter: Optional[UpdateCounter] = None,
+    ) -> None:
+        WF.check_reduction(reduction)
         if override_train_ops is not None and not callable(override_train_ops):
             raise TypeError(f"override_train_ops must be callable or None, got {override_train_ops!r}")
+        _check_counter(counter)
         super().__init__(reduction, override_train_ops)
+        self.counter = counter
         self.generator_updates = 0
         self.last_value = 0.0
+
+    def get_extra_state(self) -> dict:
+        """What ``state_dict()`` holds: the update count and last value (not the configuration;
+        the shared counter is saved by the critic loss)."""
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`get_extra_state` (``load_state_dict``); ``ValueError`` if it does not fit."""
+        _check_state(state, self._STATE, type(self).__name__)
+        self.generator_updates, self.last_value = int(state["generator_updates"]), state["last_value"]
 
     def forward(self, fgz: Tensor) -> Tensor:
         r""":math:`-f(G(z))` reduced by ``reduction``.
@@ -207,7 +346,7 @@ class WassersteinGeneratorLoss(GeneratorLoss):
         Args:
             fgz: critic outputs on generated data, shape ``(N, *)``.
         """
-        return F.wasserstein_generator_loss(fgz, self.reduction)
+        return WF.wasserstein_generator_loss(fgz, self.reduction)
 
     def train_ops(
         self,
@@ -230,25 +369,25 @@ class WassersteinGeneratorLoss(GeneratorLoss):
             ValueError: ``reduction="none"``; labels required but missing; two wgan_ext
                 generator or critic losses in ``losses``. Nothing is modified then.
         """
-        F.check_reduction(self.reduction, scalar=True)
+        WF.check_reduction(self.reduction, scalar=True)
         g_type, d_type = _label_types(generator, discriminator)
         _check_labels(labels, g_type, d_type)
         _, critics, _ = _scan_losses(losses)
-        partner = critics[0] if critics else None
-        if partner is not None and ncritic is not None:
-            partner._trainer_ncritic = ncritic
+        counter = self._pair(critics)
+        if counter is not None and ncritic is not None:
+            counter.trainer_ncritic = ncritic
 
         if self.override_train_ops is not None:
             value = self.override_train_ops(generator, discriminator, optimizer_generator, device, batch_size, labels)
-            self._record(partner, value)
+            self._record(value)
             return value
-        if partner is not None and partner.schedule is not None and not partner.generator_update_due():
+        if counter is not None and counter.gates and not counter.generator_update_due():
             return self.last_value
 
         noise = torch.randn(batch_size, _encoding_dims(generator), device=device)
         label_gen = _sample_labels(generator, g_type, batch_size, device)
         _, fake_fn = _critic_callers(discriminator, g_type, d_type, labels, label_gen)
-        value = F.generator_step(
+        value = WF.generator_step(
             generator,
             fake_fn,
             optimizer_generator,
@@ -257,14 +396,27 @@ class WassersteinGeneratorLoss(GeneratorLoss):
             reduction=self.reduction,
             generator_fn=lambda z: _generate(generator, z, g_type, labels, label_gen),
         )
-        self._record(partner, value)
+        self._record(value)
         return value
 
-    def _record(self, partner: Optional["CriticLossBase"], value: Any) -> None:
+    def _pair(self, critics: List["CriticLossBase"]) -> Optional[UpdateCounter]:
+        """The counter to use: our own, else the Trainer's critic loss's (adopted for good)."""
+        if critics:
+            theirs = critics[0].counter
+            if self.counter is None:
+                self.counter = theirs
+            elif self.counter is not theirs:
+                raise ValueError(
+                    f"{type(self).__name__} and {type(critics[0]).__name__} hold different UpdateCounters: "
+                    "pass the same counter to both (or none to the generator loss)"
+                )
+        return self.counter
+
+    def _record(self, value: Any) -> None:
         self.generator_updates += 1
         self.last_value = value
-        if partner is not None:
-            partner.record_generator_update()
+        if self.counter is not None:
+            self.counter.record_generator_update()
 
 
 class HingeGeneratorLoss(WassersteinGeneratorLoss):
@@ -280,7 +432,7 @@ class HingeGeneratorLoss(WassersteinGeneratorLoss):
 
     def forward(self, fgz: Tensor) -> Tensor:
         r""":math:`-f(G(z))` reduced by ``reduction``."""
-        return F.hinge_generator_loss(fgz, self.reduction)
+        return WF.hinge_generator_loss(fgz, self.reduction)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,13 +466,15 @@ class CriticLossBase(DiscriminatorLoss):
             default is ``"trainer"`` so that the run matches torchgan's exactly.
         clip_backend: passed to :func:`wgan_ext.fused_clip_` (``"auto"``, ``"cpu"``, ``"cuda"``,
             ``"torch"``).
+        counter: an :class:`UpdateCounter` to share with the generator loss (it carries the
+            schedule: then leave ``n_critic`` and ``schedule`` out). ``None``: a new one from
+            ``n_critic`` and ``schedule``.
 
     Attributes:
         clip (tuple | None): the resolved ``(lo, hi)``.
-        schedule (CriticSchedule | None): ``None`` means the Trainer decides (no gating).
-        critic_updates (int): critic updates made (all-time, restored with a checkpoint).
-        generator_updates (int): generator updates made by the paired generator loss.
-        critic_updates_since_generator (int): critic updates since the last generator update.
+        counter (UpdateCounter): the schedule and update counts shared with the generator loss.
+        schedule (CriticSchedule | None), critic_updates (int), generator_updates (int),
+            critic_updates_since_generator (int): read from ``counter``.
         last_value (float): the value ``train_ops`` last returned.
         last_wasserstein (float | None), last_loss (float | None), last_penalty (float | None):
             details of the last update.
@@ -328,7 +482,9 @@ class CriticLossBase(DiscriminatorLoss):
 
     _objective = "wasserstein"
     _default_clip: Optional[Clip] = None
-    _checkpoint_globals = (CriticSchedule,)  # allow-listed by torchgan_compat for checkpoint loading
+    _checkpoint_globals = (UpdateCounter, CriticSchedule)  # allow-listed by torchgan_compat
+    _LAST = ("last_value", "last_wasserstein", "last_loss", "last_penalty")
+    lambd = 0.0  # gradient-penalty weight (WassersteinGradientPenalty sets its own)
 
     def __init__(
         self,
@@ -339,63 +495,71 @@ class CriticLossBase(DiscriminatorLoss):
         c: Optional[float] = None,
         clip_placement: str = "after",
         n_critic: Optional[int] = None,
-        schedule: Schedule = None,
+        schedule: ScheduleArg = None,
         clip_backend: Backend = "auto",
-        lambd: float = 0.0,
+        counter: Optional[UpdateCounter] = None,
     ) -> None:
         # Everything is validated before torchgan's __init__ runs, so a bad argument leaves nothing behind.
-        F.check_reduction(reduction)
-        bounds = F.resolve_clip(clip, c, default=self._default_clip)
-        if clip_placement not in F.CLIP_PLACEMENTS:
-            raise ValueError(f"clip_placement must be one of {F.CLIP_PLACEMENTS}, got {clip_placement!r}")
+        WF.check_reduction(reduction)
+        bounds = WF.resolve_clip(clip, c, default=self._default_clip)
+        if clip_placement not in WF.CLIP_PLACEMENTS:
+            raise ValueError(f"clip_placement must be one of {WF.CLIP_PLACEMENTS}, got {clip_placement!r}")
         if clip_placement == "before" and bounds is None:
             raise ValueError("clip_placement='before' needs clip=(lo, hi) or c: there is nothing to clip")
         if override_train_ops is not None and not callable(override_train_ops):
             raise TypeError(f"override_train_ops must be callable or None, got {override_train_ops!r}")
         if clip_backend not in ("auto", "cpu", "cuda", "torch"):
             raise ValueError(f"clip_backend must be 'auto', 'cpu', 'cuda' or 'torch', got {clip_backend!r}")
-        lambd = F._check_lambda(lambd)
-        if schedule == "trainer":
-            if n_critic is not None:
-                raise ValueError(f"schedule='trainer' leaves n_critic to the Trainer's ncritic; got n_critic={n_critic!r}")
-            resolved: Optional[CriticSchedule] = None
-        elif schedule is None and n_critic is None and clip_placement == "before":
-            resolved = None  # torchgan's own sequence, to reproduce its runs
-        else:
-            resolved = F.resolve_schedule(schedule, n_critic)
+        _check_counter(counter)
+        if counter is not None and (n_critic is not None or schedule is not None):
+            raise ValueError("the UpdateCounter carries the schedule: give n_critic/schedule to it, not to the loss too")
+        if counter is None:
+            if schedule is None and n_critic is None and clip_placement == "before":
+                schedule = "trainer"  # torchgan's own sequence, to reproduce its runs
+            counter = UpdateCounter(n_critic, schedule)
 
         super().__init__(reduction, override_train_ops)
         self.clip = bounds
         self.clip_placement = clip_placement
         self.clip_backend = clip_backend
-        self.lambd = lambd
-        self.schedule = resolved
-        self.critic_updates = 0
-        self.generator_updates = 0
-        self.critic_updates_since_generator = 0
+        self.counter = counter
         self.last_value = 0.0
         self.last_wasserstein: Optional[float] = None
         self.last_loss: Optional[float] = None
         self.last_penalty: Optional[float] = None
-        self._trainer_ncritic: Optional[int] = None
         self._warned_skip = False
         self._warned_foreign = False
 
-    # -- schedule ----------------------------------------------------------------------------
+    # -- schedule and counts (kept in the shared counter) -------------------------------------
 
-    def required_critic_updates(self) -> int:
-        """``n(g)`` for the next generator update ``g = generator_updates``."""
-        schedule = self.schedule if self.schedule is not None else CriticSchedule()
-        return schedule(self.generator_updates, self._trainer_ncritic)
+    @property
+    def schedule(self) -> Optional[CriticSchedule]:
+        return self.counter.schedule
 
-    def generator_update_due(self) -> bool:
-        """True once the critic has done its ``n(g)`` updates since the last generator update."""
-        return self.critic_updates_since_generator >= self.required_critic_updates()
+    @property
+    def critic_updates(self) -> int:
+        return self.counter.critic_updates
 
-    def record_generator_update(self) -> None:
-        """Called by the paired generator loss after each generator update."""
-        self.generator_updates += 1
-        self.critic_updates_since_generator = 0
+    @property
+    def generator_updates(self) -> int:
+        return self.counter.generator_updates
+
+    @property
+    def critic_updates_since_generator(self) -> int:
+        return self.counter.critic_updates_since_generator
+
+    def get_extra_state(self) -> dict:
+        """What ``state_dict()`` holds: the shared counter's counts and the last values (not the
+        configuration)."""
+        return {"counter": self.counter.state_dict(), **{k: getattr(self, k) for k in self._LAST}}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`get_extra_state` (``load_state_dict``), into the shared counter too;
+        ``ValueError`` (nothing changed) if it does not fit."""
+        _check_state(state, ("counter", *self._LAST), type(self).__name__)
+        self.counter.load_state_dict(state["counter"])
+        for k in self._LAST:
+            setattr(self, k, state[k])
 
     # -- torchgan API --------------------------------------------------------------------------
 
@@ -423,14 +587,14 @@ class CriticLossBase(DiscriminatorLoss):
                 or generator losses in ``losses``. TypeError: ``real_inputs`` not a tensor.
                 Nothing is modified then.
         """
-        F.check_reduction(self.reduction, scalar=True)
+        WF.check_reduction(self.reduction, scalar=True)
         if not isinstance(real_inputs, Tensor):
             raise TypeError(f"real_inputs must be a tensor batch, got {type(real_inputs).__name__}")
         g_type, d_type = _label_types(generator, discriminator)
         _check_labels(labels, g_type, d_type)
         gens, _, foreign = _scan_losses(losses)
         if ncritic is not None:
-            self._trainer_ncritic = ncritic
+            self.counter.trainer_ncritic = ncritic
         if foreign and not self._warned_foreign:
             self._warned_foreign = True
             warnings.warn(
@@ -447,7 +611,7 @@ class CriticLossBase(DiscriminatorLoss):
             )
             self._record(value, None, None, None)
             return value
-        if gens and self.schedule is not None and self.generator_update_due():
+        if gens and self.counter.gates and self.counter.generator_update_due():
             self._warn_skip()
             return self.last_value
 
@@ -457,7 +621,7 @@ class CriticLossBase(DiscriminatorLoss):
         with torch.no_grad():  # the critic step needs G(z) as data only
             fake = _generate(generator, noise, g_type, labels, label_gen)
         real_fn, fake_fn = _critic_callers(discriminator, g_type, d_type, labels, label_gen)
-        step = F.critic_step(
+        step = WF.critic_step(
             discriminator,
             optimizer_discriminator,
             real_inputs,
@@ -476,8 +640,7 @@ class CriticLossBase(DiscriminatorLoss):
         return value
 
     def _record(self, value: Any, wasserstein: Optional[float], loss: Optional[float], penalty: Optional[float]) -> None:
-        self.critic_updates += 1
-        self.critic_updates_since_generator += 1
+        self.counter.record_critic_update()
         self.last_value = value
         self.last_wasserstein, self.last_loss, self.last_penalty = wasserstein, loss, penalty
 
@@ -487,9 +650,9 @@ class CriticLossBase(DiscriminatorLoss):
         self._warned_skip = True
         warnings.warn(
             f"{type(self).__name__}: the Trainer called the critic loss while a generator update was due "
-            f"(n_critic={self.required_critic_updates()} critic updates done); this batch is skipped to keep "
-            "Algorithm 1 exact. To waste no batches, list the generator loss first and use a Trainer ncritic "
-            "that divides every n_critic of the schedule (e.g. ncritic=n_critic, or 1)",
+            f"(n_critic={self.counter.required_critic_updates()} critic updates done); this batch is skipped to "
+            "keep Algorithm 1 exact. To waste no batches, list the critic loss first with Trainer ncritic=1, or "
+            "the generator loss first with an ncritic that divides every n_critic of the schedule",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -522,24 +685,7 @@ class WassersteinCriticLoss(CriticLossBase):
         >>> legacy = WassersteinCriticLoss(clip=(-0.01, 0.01), clip_placement="before")  # torchgan
     """
 
-    _default_clip = F.PAPER_C
-
-    def __init__(
-        self,
-        reduction: str = "mean",
-        clip: Optional[Clip] = None,
-        override_train_ops: Optional[Callable] = None,
-        *,
-        c: Optional[float] = None,
-        clip_placement: str = "after",
-        n_critic: Optional[int] = None,
-        schedule: Schedule = None,
-        clip_backend: Backend = "auto",
-    ) -> None:
-        super().__init__(
-            reduction, clip, override_train_ops, c=c, clip_placement=clip_placement,
-            n_critic=n_critic, schedule=schedule, clip_backend=clip_backend,
-        )
+    _default_clip = WF.PAPER_C
 
     def forward(self, fx: Tensor, fgz: Tensor) -> Tensor:
         r""":math:`f(G(z)) - f(x)` reduced by ``reduction`` (``-W`` for ``"mean"``).
@@ -548,7 +694,7 @@ class WassersteinCriticLoss(CriticLossBase):
             fx: critic outputs on real data, shape ``(N, *)``.
             fgz: critic outputs on generated data, shape ``(N, *)``.
         """
-        return F.wasserstein_critic_loss(fx, fgz, self.reduction)
+        return WF.wasserstein_critic_loss(fx, fgz, self.reduction)
 
 
 WassersteinDiscriminatorLoss = WassersteinCriticLoss
@@ -575,26 +721,16 @@ class WassersteinGradientPenalty(CriticLossBase):
         lambd: penalty weight, ``>= 0`` (10 in the paper).
         override_train_ops: as :class:`CriticLossBase`.
         **kwargs: ``clip``, ``c``, ``clip_placement``, ``n_critic``, ``schedule``,
-            ``clip_backend`` as :class:`CriticLossBase`.
+            ``clip_backend``, ``counter`` (keywords only) as :class:`CriticLossBase`.
     """
 
     def __init__(
-        self,
-        reduction: str = "mean",
-        lambd: float = F.GP_LAMBDA,
-        override_train_ops: Optional[Callable] = None,
-        *,
-        clip: Optional[Clip] = None,
-        c: Optional[float] = None,
-        clip_placement: str = "after",
-        n_critic: Optional[int] = None,
-        schedule: Schedule = None,
-        clip_backend: Backend = "auto",
+        self, reduction: str = "mean", lambd: float = WF.GP_LAMBDA, override_train_ops: Optional[Callable] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            reduction, clip, override_train_ops, c=c, clip_placement=clip_placement,
-            n_critic=n_critic, schedule=schedule, clip_backend=clip_backend, lambd=lambd,
-        )
+        lambd = WF._check_lambda(lambd)  # before torchgan's __init__: nothing is left behind
+        super().__init__(reduction, override_train_ops=override_train_ops, **kwargs)
+        self.lambd = lambd
 
     def forward(self, interpolate: Tensor, d_interpolate: Tensor) -> Tensor:
         r""":math:`(\lVert \nabla_{\hat{x}_i} f(\hat{x}_i) \rVert_2 - 1)^2` per sample, reduced.
@@ -603,7 +739,7 @@ class WassersteinGradientPenalty(CriticLossBase):
             interpolate: the points :math:`\hat{x}` (requiring grad), shape ``(N, *)``.
             d_interpolate: the critic's outputs on them, shape ``(N, *)``.
         """
-        return F.gradient_penalty(interpolate, d_interpolate, self.reduction)
+        return WF.gradient_penalty(interpolate, d_interpolate, self.reduction)
 
 
 class HingeCriticLoss(CriticLossBase):
@@ -620,4 +756,4 @@ class HingeCriticLoss(CriticLossBase):
 
     def forward(self, fx: Tensor, fgz: Tensor) -> Tensor:
         r""":math:`\max(0, 1 - f(x)) + \max(0, 1 + f(G(z)))`, each term reduced by ``reduction``."""
-        return F.hinge_critic_loss(fx, fgz, self.reduction)
+        return WF.hinge_critic_loss(fx, fgz, self.reduction)

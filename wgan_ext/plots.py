@@ -131,49 +131,69 @@ def save_image_grid(path: str, images: torch.Tensor, nrow: int = 8) -> None:
 
 
 def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = "") -> None:
-    """Training curves against generator iterations: the critic's W estimate, the generator loss
-    and, when the rows have it, exact W1 (with its sample floor) and modes covered."""
+    """Training curves against generator iterations: the critic's W estimate (log scale: its
+    trend spans decades), the generator loss and, when the rows have them, exact W1 (with its
+    sample floor) and modes covered with the fraction of samples within 3 std of a mode."""
     plt = _pyplot()
     its = [r["gen_iter"] for r in rows]
 
     def col(k: str) -> list[float]:
         return [float(r.get(k, math.nan)) if r.get(k) not in (None, "") else math.nan for r in rows]
 
-    has_w1 = any(math.isfinite(v) for v in col("w1"))
-    n_panels = 3 if has_w1 else 2
-    fig, axes = plt.subplots(n_panels, 1, figsize=(6, 2.2 * n_panels), dpi=80, sharex=True)
+    def has(k: str) -> bool:
+        return any(math.isfinite(v) for v in col(k))
+
+    panels = ["critic", "generator"] + (["w1"] if has("w1") else []) + (["modes"] if has("modes") else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), dpi=80, sharex=True)
     try:
         ax = axes[0]
-        ax.plot(its, col("critic_w"), label="critic estimate, training batches", color="tab:blue")
-        if any(math.isfinite(v) for v in col("critic_w_eval")):
-            ax.plot(its, col("critic_w_eval"), label="critic estimate, fixed eval set", color="tab:cyan", ls="--")
+        # Iteration 0 is left out here: the untrained critic is not clipped yet, so its estimate
+        # (~1e-2) is on another scale than the clipped critic's (~1e-4 ... 1e-5).
+        trained = [i for i, it in enumerate(its) if it > 0]
+        t_its = [its[i] for i in trained]
+        w, w_eval = ([col(k)[i] for i in trained] for k in ("critic_w", "critic_w_eval"))
+        estimates = w + w_eval
+        ax.plot(t_its, w, label="critic estimate, training batches", color="tab:blue")
+        if any(math.isfinite(v) for v in w_eval):
+            ax.plot(t_its, w_eval, label="critic estimate, fixed eval set", color="tab:cyan", ls="--")
+        finite = [v for v in estimates if math.isfinite(v)]
+        if finite and min(finite) > 0:
+            ax.set_yscale("log")
+        elif finite:  # an estimate <= 0 cannot go on a log axis; symlog keeps the decades readable
+            small = min((abs(v) for v in finite if v != 0), default=1.0)
+            ax.set_yscale("symlog", linthresh=small)
         ax.set_ylabel("E f(real) - E f(fake)")
         ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax = axes[1]
         ax.plot(its, col("gen_loss"), color="tab:red", label="generator loss -E f(G(z))")
         ax.set_ylabel("generator loss")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        if has_w1:
-            ax = axes[2]
+        if "w1" in panels:
+            ax = axes[panels.index("w1")]
             ax.plot(its, col("w1"), color="k", label="exact W1(generated, real)")
             floor = col("w1_floor")
             if any(math.isfinite(v) for v in floor):
                 ax.axhline(floor[-1], color="gray", ls=":", label="W1 floor (real vs real)")
             ax.set_ylabel("exact W1")
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
-            modes = col("modes")
-            if any(math.isfinite(v) for v in modes):
-                ax2 = ax.twinx()
-                ax2.step(its, modes, color="tab:purple", where="post", alpha=0.6, label="modes covered")
-                ax2.set_ylabel("modes covered", color="tab:purple")
-                ax2.set_ylim(bottom=0)
-                h1, l1 = ax.get_legend_handles_labels()
-                h2, l2 = ax2.get_legend_handles_labels()
-                ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
-            else:
-                ax.legend(fontsize=7)
+        if "modes" in panels:
+            ax = axes[panels.index("modes")]
+            ax.step(its, col("modes"), color="tab:purple", where="post", label="modes covered")
+            ax.set_ylabel("modes covered", color="tab:purple")
+            ax.set_ylim(0, max(v for v in col("modes_total") + [1.0] if math.isfinite(v)) + 0.5)
+            ax2 = ax.twinx()
+            ax2.plot(its, [100 * v for v in col("high_quality")], color="tab:green", marker=".",
+                     label="% of samples within 3 std of a mode")
+            ax2.set_ylabel("% within 3 std", color="tab:green")
+            ax2.set_ylim(0, 100)
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+            ax.grid(alpha=0.3)
         axes[-1].set_xlabel("generator iterations")
         if title:
             axes[0].set_title(title, fontsize=9)

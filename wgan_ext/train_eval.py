@@ -1,0 +1,72 @@
+"""Scoring a generator during ``wgan-ext train``: exact W1, modes, the critic's estimate.
+
+The evaluation set (real samples and generator noise) is fixed at the start, from generators of
+its own: scores over time compare the same points, and evaluating never draws from the
+training RNG, which keeps resumed runs bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Tuple
+
+import torch
+
+from . import data as D
+from . import metrics as M
+
+__all__ = ["Evaluator", "SCORES"]
+
+SCORES = ("critic_w_eval", "w1", "w1_floor", "modes", "modes_total", "high_quality")
+"""The keys of an evaluation row (NaN where a score does not apply to the data)."""
+
+
+class Evaluator:
+    """Scores ``G`` (and the critic's estimate) on a fixed set of ``n`` real samples and ``n``
+    fixed noise vectors.
+
+    Attributes:
+        toy: the data are 2-D points (else images).
+        real: the fixed real samples (CPU).
+        w1_floor: exact W1 between two real samples of this size (NaN if there is no second one).
+        modes, mode_radius: the mixture's mode centres and the "high-quality sample" radius,
+            3 std of a mode (VEEGAN, PacGAN); ``None`` off the mixture toys.
+    """
+
+    def __init__(self, source: D.DataSource, n: int, seed: int, encoding_dims: int, device: torch.device) -> None:
+        self.device = device
+        self.real = D.eval_real(source, n, seed)
+        n = len(self.real)
+        self.noise = torch.randn(n, encoding_dims, generator=torch.Generator().manual_seed(seed + 0x5EED))
+        self.toy = toy = isinstance(source, D.ToySource)
+        self.modes = source.modes if toy else None
+        self.mode_radius = 3 * source.mode_std if toy and source.mode_std else None
+        self.w1_floor = math.nan
+        if toy:
+            other = D.toy_sample(source.name, n, torch.Generator().manual_seed(seed + 0xF100))
+            self.w1_floor = M.exact_w1(self.real, other)
+        elif source.length is not None and source.length >= 2 * n:
+            pool = D.eval_real(source, 2 * n, seed + 1)
+            self.w1_floor = M.exact_w1(pool[:n], pool[n:])
+
+    @torch.no_grad()
+    def __call__(self, G: torch.nn.Module, C: torch.nn.Module) -> Tuple[Dict[str, Any], torch.Tensor]:
+        """(scores keyed by :data:`SCORES`, the generated samples on CPU). ``G`` and ``C`` are
+        put in eval mode meanwhile (batch norm must not update its statistics while we look)."""
+        modes = (G.training, C.training)
+        G.eval()
+        C.eval()
+        try:
+            fake = torch.cat([G(z.to(self.device)).cpu() for z in self.noise.split(1024)])
+            row: Dict[str, Any] = dict.fromkeys(SCORES, math.nan)
+            row["critic_w_eval"] = M.critic_estimate(lambda x: C(x.to(self.device)).cpu(), self.real, fake)
+            row["w1_floor"] = self.w1_floor
+            if self.real[0].numel() <= 4096:  # pixel-space W1 for small images is cheap and still says something
+                row["w1"] = M.exact_w1(fake, self.real)
+            if self.modes is not None:
+                cov = M.mode_coverage(fake, self.modes, self.mode_radius)
+                row.update(modes=cov.covered, modes_total=cov.total, high_quality=cov.high_quality)
+            return row, fake
+        finally:
+            G.train(modes[0])
+            C.train(modes[1])
