@@ -18,14 +18,12 @@ namespace {
 // clipped without torch.no_grad()); the backend kernel bumps the version counters that a
 // backward relies on to detect the write.
 void fused_clip_autograd(at::TensorList tensors, double lo, double hi) {
-  // A list spanning devices would reach one backend's kernel: refuse it before any backend sees
-  // it (wgan_ext.fused_clip_ groups by device and never sends one).
-  for (size_t i = 1; i < tensors.size(); ++i) {
-    TORCH_CHECK_VALUE(!tensors[i].defined() || !tensors[0].defined() ||
-            tensors[i].device() == tensors[0].device(),
-        "fused_clip_: all tensors must be on one device; tensors[0] is on ", tensors[0].device(),
-        ", tensors[", i, "] on ", tensors[i].device());
+  // A list spanning devices would reach one backend's kernel (or the meta kernel, which checks
+  // nothing): refuse it before any backend sees it. wgan_ext.fused_clip_ groups by device.
+  for (const auto& t : tensors) {
+    TORCH_CHECK_TYPE(t.defined(), "fused_clip_: undefined tensor");
   }
+  check_one_device(tensors);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("wgan_ext::fused_clip_", "")
                        .typed<void(at::TensorList, double, double)>();

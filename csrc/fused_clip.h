@@ -201,9 +201,20 @@ inline void bump_versions(at::TensorList tensors) {
 // kernel), below autograd so a leaf that requires grad is writable; versions are bumped by the
 // caller.
 inline void clamp_with_aten_(at::TensorList tensors, double lo, double hi) {
+  if (tensors.empty()) return;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   for (const auto& t : tensors) {
-    at::Tensor(t).clamp_(lo, hi);
+    t.clamp_(lo, hi);
+  }
+}
+
+// The op's kernels receive one device's tensors: the Autograd layer checks, but inference
+// tensors and calls below autograd do not pass through it.
+inline void check_one_device(at::TensorList tensors) {
+  for (size_t i = 1; i < tensors.size(); ++i) {
+    TORCH_CHECK_VALUE(tensors[i].device() == tensors[0].device(),
+        "fused_clip_: all tensors must be on one device; tensors[0] is on ", tensors[0].device(),
+        ", tensors[", i, "] on ", tensors[i].device());
   }
 }
 

@@ -76,6 +76,18 @@ const Refs* refs() {
   out->object_hash = lookup(&PyBaseObject_Type, out->s_hash);
   out->object_eq = lookup(&PyBaseObject_Type, out->s_eq);
   out->tensor_hash = lookup(reinterpret_cast<PyTypeObject*>(tensor_cls.get()), out->s_hash);
+  // Methods replaced before this first call (a library patching nn.Module) are not the ones the
+  // walk reproduces: keep them out of `out`, so every tree takes parameters() itself.
+  PyObject* never = PyList_New(0);  // an object no type's lookup can return
+  for (PyObject** fn : {&out->fn_parameters, &out->fn_named_parameters, &out->fn_named_members,
+                        &out->fn_named_modules}) {
+    THPObjectPtr where(*fn ? PyObject_GetAttrString(*fn, "__module__") : nullptr);
+    PyErr_Clear();
+    if (!where || !PyUnicode_Check(where.get()) ||
+        PyUnicode_CompareWithASCIIString(where.get(), "torch.nn.modules.module") != 0) {
+      *fn = never;
+    }
+  }
   r = out;
   return r;
 }
@@ -115,11 +127,15 @@ int walk_parameters(const Refs& r, PyObject* root, PyObject* out) {
   }
   TypeMemo module_types, param_types;
   PointerSet seen_modules, seen_params;
-  std::vector<PyObject*> stack{root};  // borrowed: no Python code runs during the walk
-  std::vector<PyObject*> children;
+  // Owned references: creating an instance dict can start a garbage collection, whose finalizers
+  // may run Python code (and let another thread edit the tree) in the middle of the walk.
+  std::vector<THPObjectPtr> stack, visited, children;
+  Py_INCREF(root);
+  stack.emplace_back(root);
   while (!stack.empty()) {
-    PyObject* m = stack.back();
+    visited.push_back(std::move(stack.back()));
     stack.pop_back();
+    PyObject* m = visited.back().get();
     if (!seen_modules.insert(m)) continue;
     if (!module_types.ok(Py_TYPE(m), [&](PyTypeObject* t) { return plain_module_type(r, t); })) {
       return 0;
@@ -152,9 +168,13 @@ int walk_parameters(const Refs& r, PyObject* root, PyObject* out) {
     children.clear();
     pos = 0;
     while (PyDict_Next(modules, &pos, &key, &value)) {
-      if (value != Py_None) children.push_back(value);
+      if (value == Py_None) continue;
+      Py_INCREF(value);
+      children.emplace_back(value);
     }
-    stack.insert(stack.end(), children.rbegin(), children.rend());  // first child on top
+    for (auto it = children.rbegin(); it != children.rend(); ++it) {
+      stack.push_back(std::move(*it));  // first child on top
+    }
   }
   return 1;
 }
@@ -180,9 +200,16 @@ const char* backend_name(int b) {
   return b == kCpu ? "cpu" : "cuda";
 }
 
-// Below this many elements the clamp is quick: keep the GIL (no other Python thread can touch
-// the tensors meanwhile). Above, release it, holding every storage written.
+// Below this many CPU elements the clamp is quick: keep the GIL. Above, release it, holding every
+// tensor and storage written.
 constexpr int64_t kReleaseGil = int64_t{1} << 20;
+
+// Bumps the version counters of `tensors` when it goes out of scope, also when a later part of
+// the call raised: a tensor that may have been written must not look untouched to autograd.
+struct BumpOnExit {
+  at::TensorList tensors;
+  ~BumpOnExit() { bump_versions(tensors); }
+};
 
 // tensors: a sequence of tensors. unwrap(t) is called for each tensor subclass that dispatches in
 // Python (DTensor...) and returns the tensor to clamp in its place (its local shard) or t itself
@@ -196,16 +223,20 @@ PyObject* clip_(PyObject* /*self*/, PyObject* args) {
   if (!PyArg_ParseTuple(args, "OddiiOp", &seq, &lo, &hi, &backend, &cuda, &unwrap, &dry_run)) {
     return nullptr;
   }
-  // A tuple keeps every tensor alive for the call whatever else runs (the tensors below only
-  // borrow them).
+  // The tuple keeps the Python tensors alive. While no Python code runs and the GIL is held,
+  // their TensorImpls stay theirs, so the list below only borrows them. Before anything that
+  // lets other code run (unwrap, a subclass's dispatch, releasing the GIL), `owned` takes
+  // references too: a torch.utils.swap_tensors elsewhere could otherwise free a TensorImpl.
   THPObjectPtr held(PySequence_Tuple(seq));
   if (!held) return nullptr;
   const Py_ssize_t n = PyTuple_GET_SIZE(held.get());
-
-  BorrowedTensors tensors;        // what gets written, each TensorImpl once, in order
-  std::vector<size_t> index;      // tensors[j] is critic[index[j]]
-  BorrowedTensors wrappers;       // subclass tensors clamped through their local tensor
-  std::vector<THPObjectPtr> locals;
+  BorrowedTensors tensors;     // what gets written, each TensorImpl once, in order
+  std::vector<size_t> index;   // tensors[j] is critic[index[j]]
+  BorrowedTensors wrappers;    // subclass tensors clamped through their local tensor
+  std::vector<at::Tensor> owned;
+  auto own_all = [&] {
+    if (owned.empty()) owned.assign(tensors.begin(), tensors.end());
+  };
   tensors.reserve(n);
   index.reserve(n);
   PointerSet seen(n);
@@ -217,74 +248,83 @@ PyObject* clip_(PyObject* /*self*/, PyObject* args) {
     if (!seen.insert(t.unsafeGetTensorImpl())) continue;
     index.push_back(i);
     if (t.key_set().has(c10::DispatchKey::Python)) {
+      own_all();
+      owned.push_back(t);
       THPObjectPtr local(PyObject_CallOneArg(unwrap, obj));
       if (!local) throw python_error();
       if (local.get() != obj) {
         TORCH_CHECK_TYPE(THPVariable_Check(local.get()), "fused_clip_: critic[", i,
             "]: unwrapping gave ", Py_TYPE(local.get())->tp_name, ", not a tensor");
         wrappers.push_back(t);
-        tensors.push_back(THPVariable_Unpack(local.get()));
-        locals.push_back(std::move(local));
+        owned.push_back(THPVariable_Unpack(local.get()));
+        tensors.push_back(owned.back());
         continue;
       }
+    } else if (!owned.empty()) {
+      owned.push_back(t);
     }
     tensors.push_back(t);
   }
   check_all(tensors, lo, hi, "critic", &index);
 
-  // Route: plain CPU memory to the kernel here; CUDA and tensor subclasses through the op, one
-  // list per device; devices without a kernel (or CUDA without its library) to ATen's clamp_.
+  // Route: plain CPU memory to the kernel here; plain CUDA memory (with its library) and tensor
+  // subclasses through the op, one list per device and kind; anything else (devices without a
+  // kernel, or without storage) to ATen's clamp_.
   BorrowedTensors cpu, aten;
-  std::vector<std::unique_ptr<BorrowedTensors>> op_groups;
+  std::vector<std::pair<bool, std::unique_ptr<BorrowedTensors>>> op_groups;  // (plain, list)
+  int64_t cpu_elements = 0;
   for (size_t j = 0; j < tensors.size(); ++j) {
     const at::Tensor& t = tensors[j];
     const c10::Device device = t.device();
     TORCH_CHECK_VALUE(backend == kAuto || device.type() == (backend == kCpu ? c10::kCPU : c10::kCUDA),
         "fused_clip_: backend='", backend_name(backend), "' cannot clip tensors on device ", device,
         " (critic[", index[j], "])");
-    const bool plain = is_plain(t);
+    const bool subclass = t.key_set().has_any(c10::DispatchKeySet(
+        {c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
+    const bool plain = !subclass && t.has_storage();
     if (device.is_cuda() && plain && cuda == kCudaUntried) {
       return PyLong_FromLong(kNeedCuda);
     }
-    if (!plain || (device.is_cuda() && cuda == kCudaLoaded)) {
-      auto group = std::find_if(op_groups.begin(), op_groups.end(),
-                                [&](const auto& g) { return (*g)[0].device() == device; });
+    if (subclass || (plain && device.is_cuda() && cuda == kCudaLoaded)) {
+      auto group = std::find_if(op_groups.begin(), op_groups.end(), [&](const auto& g) {
+        return g.first == plain && (*g.second)[0].device() == device;
+      });
       if (group == op_groups.end()) {
-        op_groups.push_back(std::make_unique<BorrowedTensors>());
+        op_groups.emplace_back(plain, std::make_unique<BorrowedTensors>());
         group = op_groups.end() - 1;
       }
-      (*group)->push_back(t);
-    } else if (device.is_cpu()) {
+      group->second->push_back(t);
+    } else if (plain && device.is_cpu()) {
       cpu.push_back(t);
+      cpu_elements += t.numel();
     } else {
       aten.push_back(t);
     }
   }
   if (dry_run) return PyLong_FromLong(0);
 
-  auto run = [&](const CpuWork& work) {
-    run_cpu(work, lo, hi);
-    if (!op_groups.empty()) {
-      static auto op = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("wgan_ext::fused_clip_", "")
-                           .typed<void(at::TensorList, double, double)>();
-      for (const auto& group : op_groups) op.call(*group, lo, hi);  // bumps its own versions
-    }
-    clamp_with_aten_(aten, lo, hi);
-  };
-  int64_t total = 0;
-  for (size_t j = 0; j < cpu.size(); ++j) total += cpu[j].numel();
-  const bool release = total >= kReleaseGil || !op_groups.empty() || !aten.empty();
-  const CpuWork work = plan_cpu(cpu, /*keep_alive=*/release);  // reads pointers under the GIL
-  if (release) {
-    pybind11::gil_scoped_release no_gil;
-    run(work);
-  } else {
-    run(work);
+  // What can still fail goes first (a subclass's dispatch, a kernel launch); the CPU kernel,
+  // which cannot, goes last. Each part's versions are bumped even if a later part raises.
+  BumpOnExit bump_wrappers{wrappers};
+  if (!op_groups.empty()) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("wgan_ext::fused_clip_", "")
+                         .typed<void(at::TensorList, double, double)>();
+    for (const auto& group : op_groups) op.call(*group.second, lo, hi);  // bumps its own versions
   }
-  bump_versions(cpu);
-  bump_versions(aten);
-  bump_versions(wrappers);
+  {
+    BumpOnExit bump_aten{aten};
+    clamp_with_aten_(aten, lo, hi);
+  }
+  BumpOnExit bump_cpu{cpu};
+  if (cpu_elements < kReleaseGil) {
+    run_cpu(plan_cpu(cpu, /*keep_alive=*/false), lo, hi);
+  } else {
+    own_all();
+    const CpuWork work = plan_cpu(cpu, /*keep_alive=*/true);  // reads pointers under the GIL
+    pybind11::gil_scoped_release no_gil;
+    run_cpu(work, lo, hi);
+  }
   return PyLong_FromLong(0);
   END_HANDLE_TH_ERRORS
 }

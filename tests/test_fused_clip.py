@@ -146,6 +146,19 @@ def test_tensors_on_two_devices_are_grouped_and_the_op_refuses_a_mixed_list():
     assert_bit_equal(a, before)
 
 
+def test_the_op_refuses_a_list_spanning_devices_also_below_autograd():
+    # Inference tensors skip the Autograd layer's check: the kernels (and the meta/fake kernel)
+    # check for themselves.
+    with torch.inference_mode():
+        a = make_values(10, torch.float32, "cpu", 1)
+        m = torch.empty(10, device="meta")
+        before = a.clone()
+        for ts in ([a, m], [m, a]):
+            with pytest.raises(ValueError, match="all tensors must be on one device"):
+                torch.ops.wgan_ext.fused_clip_(ts, -0.001, 0.001)
+    assert_bit_equal(a, before)
+
+
 def test_lo_equal_hi_and_asymmetric_pair():
     clip_and_check([make_values(500, torch.float32, "cpu", 3)], (0.25, 0.25), "cpu")
     clip_and_check([make_values(500, torch.float32, "cpu", 4)], (-0.5, 0.01), "cpu")
@@ -446,6 +459,55 @@ def test_bad_critic_and_backend():
     with pytest.raises(ValueError, match=r"backend='cpu' cannot clip tensors on device meta \(critic\[1\]\)"):
         fused_clip_([good, torch.empty(3, device="meta")], 0.01, backend="cpu")
     assert_bit_equal(good, copy)
+
+
+class _Refusing(torch.Tensor):
+    """A tensor subclass whose __torch_dispatch__ raises for every op."""
+
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype, device=elem.device)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise RuntimeError(f"_Refusing does not implement {func}")
+
+
+def test_a_subclass_that_raises_in_dispatch_leaves_the_plain_tensors_untouched():
+    good, copy = _victims()
+    with pytest.raises(RuntimeError, match="_Refusing does not implement"):
+        fused_clip_([good, _Refusing(torch.zeros(3))], 0.01)
+    assert_bit_equal(good, copy)
+    assert good._version == 0
+
+
+def test_plain_tensors_are_not_handed_to_a_subclass_dispatch():
+    # Same device, different kinds: the subclass's __torch_dispatch__ must see only itself.
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+    plain = make_values(20, torch.float32, "cpu", 2) * 100
+    a, b = make_values(20, torch.float32, "cpu", 3) * 100, make_values(20, torch.float32, "cpu", 4) * 100
+    pair = two_tensor.TwoTensor(a.clone(), b.clone())
+    before = plain.clone()
+    fused_clip_([plain, pair], 0.01)
+    check(plain, before, -0.01, 0.01, "cpu")
+    assert plain._version == 1  # clamped once, not once more per inner tensor of the pair
+    assert_numbers_equal(pair.a, a.clamp(-0.01, 0.01))
+    assert_numbers_equal(pair.b, b.clamp(-0.01, 0.01))
+
+
+def test_bfloat16_denormals_under_flush_denormal_match_clamp():
+    # torch.set_flush_denormal(True) makes ATen's bfloat16 clamp_ flush denormals (it computes in
+    # float); the kernel's integer compare would not, so such calls take ATen's path.
+    patterns = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        for bounds in ((0.0, 1.0), (-1.0, 1.0)):
+            t = patterns.clone()
+            fused_clip_([t], bounds, backend="cpu")
+            assert_numbers_equal(t, patterns.clone().clamp_(*bounds))
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_inference_tensor_outside_inference_mode_raises_and_modifies_nothing():

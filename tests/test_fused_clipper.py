@@ -206,8 +206,15 @@ _THREADS_SCRIPT = textwrap.dedent("""
         except BaseException as e:
             errors.append(repr(e))
 
+    def swap():  # moves a TensorImpl out of its Python object; refused while a call holds it
+        try:
+            torch.utils.swap_tensors(params[0], torch.nn.Parameter(torch.randn(256, 256) * 5))
+        except RuntimeError:
+            pass
+
     threads = [threading.Thread(target=work, args=(clip,)), threading.Thread(target=work, args=(clip,)),
-               threading.Thread(target=work, args=(lambda: wgan_ext.fused_clip_(critic, 0.01),))]
+               threading.Thread(target=work, args=(lambda: wgan_ext.fused_clip_(critic, 0.01),)),
+               threading.Thread(target=work, args=(swap,))]
     for t in threads:
         t.start()
     for r in range(400):  # new memory, of new sizes, while the others clip
@@ -225,8 +232,10 @@ _THREADS_SCRIPT = textwrap.dedent("""
 
 def test_concurrent_calls_while_memory_moves_never_corrupt_memory():
     # Two threads call one FusedClipper and a third calls fused_clip_ while the main thread
-    # gives parameters new memory: a clipper that rebuilt shared state without the GIL died here
-    # with a double free. Run in a subprocess, so a crash fails the test instead of the run.
+    # gives parameters new memory and a fourth swaps a parameter's TensorImpl away: a clipper
+    # that rebuilt shared state without the GIL died here with a double free, and a call that
+    # only borrowed the tensors could read a freed TensorImpl. Run in a subprocess, so a crash
+    # fails the test instead of the run.
     proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

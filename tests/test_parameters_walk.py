@@ -237,6 +237,30 @@ def test_each_call_clips_the_current_parameters(change):
     assert_clips_what_parameters_yields(m, 31)
 
 
+def test_a_library_patching_module_parameters_first_is_followed():
+    # nn.Module.parameters replaced before wgan_ext's first call: the walk must not take the
+    # patched method for torch's own.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, wgan_ext\n"
+        "from torch import nn\n"
+        "def only_weights(self, recurse=True):\n"
+        "    return (p for n, p in self.named_parameters(recurse=recurse) if n.endswith('weight'))\n"
+        "nn.Module.parameters = only_weights\n"
+        "m = nn.Linear(3, 2)\n"
+        "with torch.no_grad():\n"
+        "    m.weight.fill_(5.0); m.bias.fill_(5.0)\n"
+        "wgan_ext.fused_clip_(m, 0.01)\n"
+        "print(m.weight.max().item(), m.bias.max().item())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    weight, bias = map(float, proc.stdout.split())
+    assert weight == pytest.approx(0.01) and bias == 5.0
+
+
 def test_the_walk_keeps_nothing_alive():
     import gc
     import weakref

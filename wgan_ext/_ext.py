@@ -83,12 +83,17 @@ def _has_kernel(key: str) -> bool:
 
 def _register_fake() -> None:
     # The op mutates its inputs and returns nothing, so under FakeTensor / torch.compile tracing
-    # there is nothing to compute: the fake kernel only has to exist.
+    # (and on meta tensors) there is nothing to compute; it refuses what the real kernels refuse
+    # about devices, so a list spanning devices fails the same way everywhere.
     if getattr(_register_fake, "done", False):
         return
 
     @torch.library.register_fake("wgan_ext::fused_clip_")
     def _fused_clip_fake(tensors, lo, hi):  # noqa: ARG001
+        for i, t in enumerate(tensors):
+            if t.device != tensors[0].device:
+                raise ValueError(f"fused_clip_: all tensors must be on one device; tensors[0] is on "
+                                 f"{tensors[0].device}, tensors[{i}] on {t.device}")
         return None
 
     _register_fake.done = True

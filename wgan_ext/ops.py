@@ -194,10 +194,9 @@ class FusedClipper:
     tensors (and, on CUDA, a table that a call rebuilds under the GIL), so several threads may
     call one clipper. On CUDA the clipper keeps one device-resident table of the tensors' memory
     per device and dtype, rebuilt only when a call's check sees that memory moved: a call is
-    then the check plus one kernel launch, with no allocation and no host-to-device copy. Such
-    a call can be captured in a CUDA graph, which then reads the table at every replay: keep
-    the critic's memory where it is while the graph is in use (a capture that finds the table
-    stale passes the tensors as kernel arguments instead).
+    then the check plus one kernel launch, with no allocation and no host-to-device copy. A call
+    captured in a CUDA graph passes the tensors as kernel arguments instead (one launch per
+    1,500 memory runs), so a replay never reads a table that a later call may have freed.
 
     Args:
         critic, c, backend: as for :func:`fused_clip_`. An iterator (``critic.parameters()``)

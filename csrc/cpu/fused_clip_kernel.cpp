@@ -11,6 +11,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
+
 namespace wgan_ext {
 namespace {
 
@@ -104,6 +108,17 @@ WGAN_EXT_CLONES void walk_16(const SpanTable& t, int64_t begin, int64_t end, uin
   walk_impl<uint16_t>(t, begin, end, lo, hi, exp_mask);
 }
 
+// Under torch.set_flush_denormal(True) (x86 DAZ/FTZ), ATen's bfloat16 clamp_ goes through float
+// and flushes denormals, which the integer compare above would not: such calls take ATen's path.
+// (float16 denormals convert to normal floats, so their results do not change.)
+bool flushes_denormals() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return (_mm_getcsr() & 0x8040) != 0;  // FTZ (bit 15) or DAZ (bit 6)
+#else
+  return false;
+#endif
+}
+
 template <typename T>
 uint16_t bits_of(T v) {
   uint16_t b;
@@ -134,6 +149,7 @@ void run(const SpanTable& table, double lo_d, double hi_d) {
 
 void fused_clip_cpu(at::TensorList tensors, double lo, double hi) {
   check_all(tensors, lo, hi, "tensors");
+  check_one_device(tensors);
   BorrowedTensors unique;
   unique_tensors(tensors, unique);
   run_cpu(plan_cpu(unique, /*keep_alive=*/false), lo, hi);  // as any ATen op: the caller owns the memory
@@ -144,9 +160,11 @@ void fused_clip_cpu(at::TensorList tensors, double lo, double hi) {
 
 CpuWork plan_cpu(at::TensorList tensors, bool keep_alive) {
   CpuWork work;
+  const bool flush_bf16 = flushes_denormals();
   for (const auto& t : tensors) {
     if (t.numel() == 0) continue;  // includes uninitialized (lazy) parameters
-    if (!t.is_non_overlapping_and_dense()) {
+    if (keep_alive) work.keep_alive.push_back(t.storage());
+    if (!t.is_non_overlapping_and_dense() || (flush_bf16 && t.scalar_type() == at::kBFloat16)) {
       work.strided.push_back(t);
       continue;
     }
@@ -157,7 +175,6 @@ CpuWork plan_cpu(at::TensorList tensors, bool keep_alive) {
       it = work.tables.end() - 1;
     }
     add_span(*it, t);
-    if (keep_alive) work.keep_alive.push_back(t.storage());
   }
   return work;
 }
@@ -166,7 +183,7 @@ void run_cpu(const CpuWork& work, double lo, double hi) {
   for (const auto& table : work.tables) {
     WGAN_EXT_DISPATCH(table.dtype, "fused_clip_", [&] { run<scalar_t>(table, lo, hi); });
   }
-  clamp_with_aten_(work.strided, lo, hi);  // rare: a slice that is not one dense block
+  clamp_with_aten_(work.strided, lo, hi);  // rare: a slice that is not one dense block, ...
 }
 
 TORCH_LIBRARY_IMPL(wgan_ext, CPU, m) {

@@ -6,11 +6,14 @@
 //   clip_with_plan_(plan, tensors, lo, hi)     -> True, or False with nothing written
 //
 // A plan keeps, per dtype, the memory runs of a FusedClipper's CUDA tensors in device memory,
-// built on first use and rebuilt only when a call's check sees that memory moved: a call is then
-// the checks plus one launch per dtype, with no allocation and no host-to-device copy. The plan
-// holds no tensor: the FusedClipper passes its own tuple each call (so torch.utils.swap_tensors
-// still works on its parameters), and each call checks every tensor against what the table was
-// built from before launching. Calls hold the GIL throughout, so Python threads take turns.
+// built on first use and rebuilt only when a call's check sees that memory moved: an eager call
+// is then the checks plus one launch per dtype, with no allocation and no host-to-device copy.
+// Under CUDA graph capture the metadata goes in kernel arguments instead (a graph must not read
+// memory that a later call may free). The plan holds no tensor: the FusedClipper passes its own
+// tuple each call (so torch.utils.swap_tensors still works on its parameters), and each call
+// checks every tensor against what the table was built from before launching. Calls hold the
+// GIL throughout and run no Python code, so Python threads take turns and the borrowed tensors
+// stay alive.
 #include <Python.h>
 
 #include <torch/csrc/Exceptions.h>
@@ -132,24 +135,20 @@ PyObject* clip_with_plan_(PyObject* /*self*/, PyObject* args) {
 
   const c10::cuda::CUDAGuard guard(device);
   const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(device.index());
-  BorrowedTensors strided;
-  if (plan->fresh(tensors)) {
-    for (const auto& t : tensors) {
-      if (t.numel() > 0 && !t.is_non_overlapping_and_dense()) strided.push_back(t);
-    }
-  } else if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
-    // A capture must not record a table upload: pass this call's metadata as kernel arguments.
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    // A captured launch would read the table at every replay, also after a rebuild, a refresh()
+    // or the clipper's end freed it: a capture gets the metadata as kernel arguments instead.
     DtypeGroups groups;
     group_by_dtype(tensors, groups);
     for (const auto& [dtype, group] : groups.dense) launch_with_args(dtype, *group, lo, hi, stream);
     clamp_with_aten_(groups.strided, lo, hi);
     bump_versions(tensors);
     Py_RETURN_TRUE;
-  } else {
-    plan->rebuild(tensors, stream);
-    for (const auto& t : tensors) {
-      if (t.numel() > 0 && !t.is_non_overlapping_and_dense()) strided.push_back(t);
-    }
+  }
+  if (!plan->fresh(tensors)) plan->rebuild(tensors, stream);
+  BorrowedTensors strided;
+  for (const auto& t : tensors) {
+    if (t.numel() > 0 && !t.is_non_overlapping_and_dense()) strided.push_back(t);
   }
   for (const auto& table : plan->tables) {
     if (stream != *plan->stream) {

@@ -122,6 +122,7 @@ void launch(const Meta& meta, int64_t n_chunks, double lo, double hi, cudaStream
 
 void fused_clip_cuda(at::TensorList tensors, double lo, double hi) {
   check_all(tensors, lo, hi, "tensors");
+  check_one_device(tensors);
   if (tensors.empty()) return;
   BorrowedTensors unique;
   unique_tensors(tensors, unique);
