@@ -54,8 +54,7 @@ class BackendStatus:
 
 
 # Re-entrant: loading "cuda" loads "cpu" first (the op's schema lives in the CPU library), and
-# status() takes the lock on both levels. A plain Lock deadlocked the first status("cuda") of a
-# process that had not touched "cpu" yet: every first fused_clip_ call on CUDA tensors.
+# status() takes the lock on both levels.
 _lock = threading.RLock()
 _status: dict[str, BackendStatus] = {}
 _warned: set[str] = set()
