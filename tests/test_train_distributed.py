@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -214,6 +215,8 @@ def _ddp_worker(rank: int, tmp: str) -> None:
     resumed = T.run(T.TrainConfig(out=os.path.join(tmp, "cut")), resume=True, progress=False, quiet=True)
     torch.save({"replicas": replicas, "interrupted": cut.interrupted, "done": done,
                 "resumed": resumed.summary["generator_iterations"]}, os.path.join(tmp, f"rank{rank}.pt"))
+    held.clear()
+    gc.collect()  # the DDP modules hold the process group: free them before destroying it
     dist.destroy_process_group()
 
 
@@ -268,7 +271,8 @@ def test_a_rank_reads_only_its_rows_of_an_image_batch() -> None:
 @pytest.mark.parametrize("argv, expect", [
     (["--fsdp"], "--fsdp shards the critic over several processes: launch with torchrun"),
     (["--nproc", "0"], "argument --nproc: must be >= 1, got 0"),
-    (["--nproc", "3"], "batch size 64 is the global batch m, split evenly over 3 processes: it must be a multiple of 3"),
+    (["--nproc", "3"], "batch size 64 is the global batch m, split evenly over 3 processes: it must be a "
+                       "multiple of 3"),
     (["--nproc", "2", "--fsdp", "--loss", "gp"], "--fsdp cannot train --loss gp"),
 ])
 def test_bad_combinations_are_one_line_exit_2(tmp_path, capsys, argv, expect) -> None:

@@ -309,11 +309,12 @@ class _Run:
     def restore(self, ck: Dict[str, Any]) -> None:
         # A checkpoint of one process has no "ranks"; one of several always has (see plan).
         mine: Optional[Dict[str, Any]] = ck["ranks"][self.world.rank] if "ranks" in ck else None
-        load_models = None
-        if self.world.distributed:
-            trainer, world = self.trainer, self.world
-            load_models = lambda models, optimizers: TD.load_model_states(trainer, world, models, optimizers)  # noqa: E731
-        restore_training_state(ck, self.trainer, self.critic_loss, self.gen_loss, load_models=load_models,
+
+        def load_models(models: Dict[str, Any], optimizers: Dict[str, Any]) -> None:
+            TD.load_model_states(self.trainer, self.world, models, optimizers)
+
+        restore_training_state(ck, self.trainer, self.critic_loss, self.gen_loss,
+                               load_models=load_models if self.world.distributed else None,
                                rng=mine["rng"] if mine else None)
         loop = ck["loop"]
         self.stream.position = int(loop["stream_position"])
