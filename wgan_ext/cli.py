@@ -153,11 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", dest="progress", action="store_false",
                    help="never show the progress bar: one line per period instead")
     o.add_argument("--quiet", action="store_true", help="no per-period lines when the bar is off")
+    p = t.add_argument_group(
+        "several processes", "Under torchrun (torchrun --nproc-per-node N -m wgan_ext train ...) or with --nproc, "
+        "each of the N processes takes m/N of every batch of m = --batch-size (a multiple of N); rank 0 alone "
+        "evaluates and writes the run folder. A resumed run needs as many processes as it had.")
+    p.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+                   help="train on N local processes: launches them as torchrun --standalone would")
+    p.add_argument("--fsdp", action="store_true", default=S,
+                   help="shard the critic over the processes with FSDP2 (the generator stays DDP; not with --loss gp)")
     return parser
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints."""
+    try:
+        return int(os.environ.get("RANK", "0")) if "WORLD_SIZE" in os.environ else 0
+    except ValueError:
+        return 0
+
+
 def _err(msg: str, code: int = 2) -> int:
-    print(f"{PROG} train: error: {msg}", file=sys.stderr)
+    if _rank() == 0:
+        print(f"{PROG} train: error: {msg}", file=sys.stderr)
     return code
 
 
@@ -167,8 +184,10 @@ def _fmt(v: Any, spec: str) -> str:
 
 def _report(summary: Dict[str, Any]) -> None:
     f = summary.get("final") or {}
+    n = summary.get("world_size", 1)
     print(f"done: {summary['generator_iterations']} generator iterations "
-          f"({summary['critic_iterations']} critic updates) in {summary['wall_time_s']:.0f} s")
+          f"({summary['critic_iterations']} critic updates) in {summary['wall_time_s']:.0f} s"
+          + (f" on {n} processes" if n > 1 else ""))
     print(f"  critic's Wasserstein estimate (last period): {_fmt(f.get('critic_w'), '.3g')}")
     if f.get("w1") is not None:
         print(f"  exact W1(generated, real): {_fmt(f.get('w1'), '.4f')} "
@@ -191,12 +210,68 @@ def _report(summary: Dict[str, Any]) -> None:
     print(f"  run folder: {out} (curves.png, samples/, metrics.csv, summary.json, checkpoint.pt)")
 
 
+def _forwarded(args: argparse.Namespace, explicit: Dict[str, Any], resume_out: Optional[str], out: str) -> List[str]:
+    """The ``train`` arguments for the workers of ``--nproc``: the settings given, the run folder
+    the launcher chose, and the output options."""
+    argv: List[str] = []
+    for k, v in explicit.items():
+        if k == "fsdp":
+            argv.append("--fsdp")
+        elif k != "out":
+            argv += [f"--{k.replace('_', '-')}", repr(v) if isinstance(v, float) else str(v)]
+    argv += ["--resume", resume_out] if resume_out is not None else ["--out", out]
+    if args.progress is not None:
+        argv.append("--progress" if args.progress else "--no-progress")
+    if args.quiet:
+        argv.append("--quiet")
+    return argv
+
+
+def _launch(args: argparse.Namespace, explicit: Dict[str, Any]) -> int:
+    """``--nproc N``: check the input here (one line, exit 2), then run N workers."""
+    from .data import DataError
+    from .train import TrainConfig, TrainError, plan
+    from .train_distributed import check_devices, launch, launched
+
+    n = args.nproc
+    try:
+        if launched():
+            raise TrainError(f"--nproc {n} launches its own processes; under torchrun, leave it out")
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_gloo_available()):
+            raise TrainError(f"--nproc {n} needs torch.distributed with gloo, which this torch lacks")
+        p = plan(TrainConfig(**explicit), resume=args.resume is not None, resume_from=args.resume or None,
+                 explicit=explicit, world_size=n, distributed=True)
+        check_devices(p.cfg.device, n)
+    except (TrainError, DataError) as e:
+        return _err(str(e))
+    except OSError as e:
+        return _err(f"could not write{_where(e)}: {e.strerror or e}", 1)
+    if p.done is not None:
+        return _nothing_to_do(p.out, p.done, p.cfg.iterations)
+    return launch(n, _forwarded(args, explicit, p.out if args.resume is not None else None, p.out))
+
+
+def _where(e: OSError) -> str:
+    return f" {e.filename!r}" if getattr(e, "filename", None) else ""
+
+
+def _nothing_to_do(out: str, done: int, iterations: int) -> int:
+    if _rank() == 0:
+        print(f"nothing to do: {out} has already done {done} of {iterations} "
+              f"generator iterations; to train longer: {PROG} train --resume {out} --iterations N")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .data import DataError
     from .train import TrainConfig, TrainError, run
 
     fields = TrainConfig.__dataclass_fields__
     explicit = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.nproc is not None:
+        return _launch(args, explicit)
     try:
         cfg = TrainConfig(**explicit)
         result = run(
@@ -210,17 +285,18 @@ def _train(args: argparse.Namespace) -> int:
     except (TrainError, DataError) as e:
         return _err(str(e))
     except OSError as e:  # disk full, folder removed mid-run, ...
-        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
-        return _err(f"could not write{where}: {e.strerror or e}", 1)
+        return _err(f"could not write{_where(e)}: {e.strerror or e}", 1)
     if result.nothing_to_do:
         s = result.summary
-        print(f"nothing to do: {result.out} has already done {s['generator_iterations']} of {s['iterations']} "
-              f"generator iterations; to train longer: {PROG} train --resume {result.out} --iterations N")
-        return 0
+        return _nothing_to_do(result.out, s["generator_iterations"], s["iterations"])
+    if _rank() != 0:
+        return 130 if result.interrupted else 0
     if result.interrupted:
         ck = os.path.join(result.out, "checkpoint.pt")
+        n = result.summary.get("world_size", 1)
+        again = f" (on {n} processes again)" if n > 1 else ""
         print(f"interrupted at generator iteration {result.summary['generator_iterations']}; "
-              f"checkpoint saved to {ck}. Continue with: {PROG} train --resume {result.out}", file=sys.stderr)
+              f"checkpoint saved to {ck}. Continue with: {PROG} train --resume {result.out}{again}", file=sys.stderr)
         return 130
     _report(result.summary)
     return 0

@@ -152,6 +152,10 @@ class DataSource:
         """Batch number ``index`` of the stream for ``seed`` (a pure function of its arguments)."""
         raise NotImplementedError
 
+    def batch_rows(self, index: int, batch_size: int, seed: int, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` of :meth:`batch` (one process's share of it, under torch.distributed)."""
+        return self.batch(index, batch_size, seed)[rows]
+
     def batches_per_pass(self, batch_size: int) -> Optional[int]:
         """Full batches in one pass over a finite set (``None`` for endless sources)."""
         if self.length is None:
@@ -236,8 +240,14 @@ class DatasetSource(_ShuffledPasses):
         self.length = len(dataset)  # type: ignore[arg-type]
 
     def batch(self, index: int, batch_size: int, seed: int) -> torch.Tensor:
+        return self._read(self._indices(index, batch_size, seed))
+
+    def batch_rows(self, index: int, batch_size: int, seed: int, rows: slice) -> torch.Tensor:
+        return self._read(self._indices(index, batch_size, seed)[rows])  # reads only these files
+
+    def _read(self, indices: torch.Tensor) -> torch.Tensor:
         items = []
-        for i in self._indices(index, batch_size, seed).tolist():
+        for i in indices.tolist():
             item = self.dataset[i]
             items.append(item[0] if isinstance(item, (tuple, list)) else item)
         return torch.stack(items)

@@ -19,6 +19,10 @@ The training loop is torchgan's own ``Trainer.train``; this module feeds it and 
   the run is interrupted (Ctrl-C stops at the next batch boundary, after saving). Evaluation
   draws from its own generators, never the training RNG, so on CPU a resumed run ends with the
   same parameters, bit for bit, as the uninterrupted one (same machine, same thread count).
+* **Several processes** (torchrun, ``--nproc``): every process runs :func:`run` and trains its
+  share of each batch of m, with DDP (and FSDP2 for the critic with ``--fsdp``) wrapped around
+  the networks as torchgan builds them; rank 0 checks the input and alone evaluates and writes
+  (:mod:`wgan_ext.train_distributed`). The single-process path does none of this.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ import numpy as np
 import torch
 
 from . import data as D
+from . import train_distributed as TD
 from .train_checkpoint import (
     CHECKPOINT_NAME,
     checkpoint_payload,
     generator_updates,
     load_checkpoint,
     restore_training_state,
+    rng_state,
     save_checkpoint,
 )
 from .train_config import LOSSES, OPTIMIZERS, SCHEDULES, TOY_DEFAULTS, TrainConfig, TrainError, resolve_config
@@ -55,14 +61,14 @@ from .train_setup import TrainerHooks, build_losses, build_network, build_traine
 
 __all__ = [
     "TrainConfig", "TrainError", "RunResult", "LOSSES", "OPTIMIZERS", "SCHEDULES", "TOY_DEFAULTS",
-    "CHECKPOINT_NAME", "resolve_config", "run", "load_checkpoint", "save_checkpoint", "find_resume_dir",
+    "CHECKPOINT_NAME", "resolve_config", "run", "plan", "load_checkpoint", "save_checkpoint", "find_resume_dir",
 ]
 
 # Settings that change what is trained; a resumed run must keep them.
 _FIXED_ON_RESUME = (
     "dataset", "data_dir", "image_size", "channels", "loss", "c", "n_critic", "schedule", "lr",
     "optimizer", "batch_size", "seed", "arch", "hidden", "n_hidden", "encoding_dims", "gp_lambda",
-    "eval_samples", "log_every",
+    "eval_samples", "log_every", "fsdp",
 )
 # Settings a resumed run may change.
 _CHANGEABLE_ON_RESUME = ("iterations", "epochs", "device", "threads")
@@ -168,27 +174,36 @@ class _Run:
     """One run: the objects it trains, its logging periods, Ctrl-C, and its checkpoint.
 
     torchgan's Trainer calls :meth:`after_batch` after every batch and :meth:`end_period` at the
-    end of every logging period (through :class:`~wgan_ext.train_setup.TrainerHooks`).
+    end of every logging period (through :class:`~wgan_ext.train_setup.TrainerHooks`). On several
+    processes (``world``) every rank runs one, in lockstep; rank 0's evaluates and writes.
     """
 
     def __init__(self, cfg: TrainConfig, source: D.DataSource, out: str, *, progress: Optional[bool],
-                 quiet: bool, on_batch: Optional[Callable[["_Run"], None]]) -> None:
+                 quiet: bool, on_batch: Optional[Callable[["_Run"], None]], world: Optional[TD.World] = None) -> None:
         self.cfg = cfg
         self.out = out
         self.on_batch = on_batch
+        self.world = world = world or TD.World()
+        self.device = world.device(cfg.device)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self.critic_loss, self.gen_loss = build_losses(cfg)
         network = build_network(cfg, source)
+        if world.distributed:
+            network = TD.wrap_network(network, world, self.device)
         self.n_periods = math.ceil(cfg.iterations / cfg.log_every)
         losses = [self.critic_loss, self.gen_loss]
-        self.trainer = build_trainer(cfg, network, losses, out, self.n_periods)
+        self.trainer = build_trainer(cfg, network, losses, out if world.writer else None, self.n_periods, self.device)
         self.trainer.logger = TrainerHooks([type(l).__name__ for l in losses], self.after_batch, self.end_period)
-        self.stream = D.BatchStream(source, cfg.batch_size, cfg.seed)
+        TD.seed_rank(cfg.seed, world)
+        self.stream = TD.batch_stream(source, cfg.batch_size, cfg.seed, world)
         self.stream.stop_when = self._period_done
-        self.evaluator = Evaluator(source, cfg.eval_samples, cfg.seed, cfg.encoding_dims, torch.device(cfg.device))
-        self.reporter = Reporter(cfg, out, self.evaluator, progress=progress, quiet=quiet)
+        self.evaluator: Optional[Evaluator] = None
+        self.reporter: Optional[Reporter] = None
+        if world.writer:
+            self.evaluator = Evaluator(source, cfg.eval_samples, cfg.seed, cfg.encoding_dims, self.device)
+            self.reporter = Reporter(cfg, out, self.evaluator, progress=progress, quiet=quiet)
         self.history: List[Dict[str, Any]] = []
         self.stats = PeriodStats()
         self.next_period = 0
@@ -217,26 +232,36 @@ class _Run:
         critic_n, gen_n = self.critic_loss.critic_updates, self.gen_loss.generator_updates
         if critic_n != self._seen[0] and self.critic_loss.last_wasserstein is not None:
             self.stats.add_critic(self.critic_loss.last_wasserstein)
-            self.reporter.critic_update(self.critic_loss.last_wasserstein)
-        if gen_n != self._seen[1]:
+            if self.reporter is not None:
+                self.reporter.critic_update(self.critic_loss.last_wasserstein)
+        generator_updated = gen_n != self._seen[1]
+        if generator_updated:
             self.stats.add_generator(self.gen_loss.last_value)
-            self.reporter.generator_update(self.gen_updates)
+            if self.reporter is not None:
+                self.reporter.generator_update(self.gen_updates)
         self._seen = (critic_n, gen_n)
         if self.on_batch is not None:
             self.on_batch(self)
-        if self.interrupt_requested:
+        stop = self.interrupt_requested
+        if self.world.distributed:  # ranks agree once per generator iteration (a collective)
+            stop = generator_updated and self.world.any(stop)
+        if stop:
             self._clock()
             self.write_checkpoint()
             raise _Interrupted()
 
     def end_period(self, epoch: int) -> None:
         self._clock()
+        critic_w, gen_loss = self.stats.critic_w, self.stats.gen_loss
+        if self.world.distributed:
+            s = self.stats
+            critic_w, gen_loss = TD.period_means(s.w_sum, s.g_sum, s.w_n, s.g_n, self.world)
         row: Dict[str, Any] = {
             "gen_iter": self.gen_updates,
             "critic_iter": self.critic_loss.critic_updates,
             "batches": self.stream.position,
-            "critic_w": self.stats.critic_w,
-            "gen_loss": self.stats.gen_loss,
+            "critic_w": critic_w,
+            "gen_loss": gen_loss,
         }
         self._evaluate(row)
         self.stats = PeriodStats()
@@ -245,28 +270,56 @@ class _Run:
         self._clock()  # evaluation, plots and the checkpoint count as run time too
 
     def _evaluate(self, row: Dict[str, Any]) -> None:
-        """Score the generator, append ``row`` to the history and report it."""
-        scores, fake = self.evaluator(self.trainer.generator, self.trainer.discriminator)
-        row.update(scores)
-        row["time_s"] = round(self.elapsed, 3)
-        self.history.append(row)
-        C, device = self.trainer.discriminator, torch.device(self.cfg.device)
-        self.reporter.period(row, self.history, fake, lambda x: C(x.to(device)).cpu())
+        """Score the generator, append ``row`` to the history and report it (rank 0)."""
+        G, C = TD.eval_models(self.trainer, self.world)
+
+        def score_and_report() -> None:
+            assert self.evaluator is not None and self.reporter is not None and C is not None
+            scores, fake = self.evaluator(G, C)
+            row.update(scores)
+            row["time_s"] = round(self.elapsed, 3)
+            self.history.append(row)
+            device = self.device
+            self.reporter.period(row, self.history, fake, lambda x: C(x.to(device)).cpu())
+
+        self.world.share(score_and_report)  # other ranks wait for rank 0's outcome
+        if not self.world.writer:
+            self.history.append(row)
 
     # -- checkpoint ---------------------------------------------------------------------------
     def write_checkpoint(self) -> None:
         loop = {"stream_position": self.stream.position, "next_period": self.next_period,
                 "period_stats": self.stats.state_dict(), "history": [dict(r) for r in self.history],
                 "elapsed": self.elapsed}
-        payload = checkpoint_payload(self.cfg.to_dict(), self.trainer, self.critic_loss, self.gen_loss, loop)
-        save_checkpoint(os.path.join(self.out, CHECKPOINT_NAME), payload)
+        config = self.cfg.to_dict()
+        if not self.world.distributed:
+            payload = checkpoint_payload(config, self.trainer, self.critic_loss, self.gen_loss, loop)
+            save_checkpoint(os.path.join(self.out, CHECKPOINT_NAME), payload)
+            return
+        models, optimizers = TD.model_states(self.trainer, self.world)
+        ranks = self.world.gather({"rng": rng_state(), "period_stats": self.stats.state_dict()})
+
+        def save() -> None:
+            payload = checkpoint_payload(config, self.trainer, self.critic_loss, self.gen_loss, loop,
+                                         models=models, optimizers=optimizers, ranks=ranks)
+            save_checkpoint(os.path.join(self.out, CHECKPOINT_NAME), payload)
+
+        self.world.share(save)
 
     def restore(self, ck: Dict[str, Any]) -> None:
-        restore_training_state(ck, self.trainer, self.critic_loss, self.gen_loss)
+        # A checkpoint of one process has no "ranks"; one of several always has (see plan).
+        mine: Optional[Dict[str, Any]] = ck["ranks"][self.world.rank] if "ranks" in ck else None
+
+        def load_models(models: Dict[str, Any], optimizers: Dict[str, Any]) -> None:
+            TD.load_model_states(self.trainer, self.world, models, optimizers)
+
+        restore_training_state(ck, self.trainer, self.critic_loss, self.gen_loss,
+                               load_models=load_models if self.world.distributed else None,
+                               rng=mine["rng"] if mine else None)
         loop = ck["loop"]
         self.stream.position = int(loop["stream_position"])
         self.next_period = int(loop["next_period"])
-        self.stats = PeriodStats(**loop["period_stats"])
+        self.stats = PeriodStats(**(mine["period_stats"] if mine else loop["period_stats"]))
         self.history = [dict(r) for r in loop["history"]]
         self.elapsed = float(loop["elapsed"])
         self.trainer.start_epoch = self.next_period
@@ -275,7 +328,8 @@ class _Run:
     def train(self) -> bool:
         """Run torchgan's loop to the end; True if it was interrupted (checkpoint written)."""
         self._seen = (self.critic_loss.critic_updates, self.gen_loss.generator_updates)
-        self.reporter.open(self.gen_updates)
+        if self.reporter is not None:
+            self.reporter.open(self.gen_updates)
         previous = signal.getsignal(signal.SIGINT)
         installed = False
         try:
@@ -298,7 +352,8 @@ class _Run:
         finally:
             if installed:
                 signal.signal(signal.SIGINT, previous)
-            self.reporter.close()
+            if self.reporter is not None:
+                self.reporter.close()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self.interrupt_requested:  # second Ctrl-C: stop now; the last checkpoint is intact
@@ -308,10 +363,71 @@ class _Run:
     def summary(self, interrupted: bool) -> Dict[str, Any]:
         return summarize(self.cfg, self.history, generator_updates=self.gen_updates,
                          critic_updates=self.critic_loss.critic_updates, elapsed=self.elapsed,
-                         interrupted=interrupted, w1_floor=self.evaluator.w1_floor)
+                         interrupted=interrupted, w1_floor=self.evaluator.w1_floor if self.evaluator else math.nan)
 
 
 # ----------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class _Plan:
+    """What a run will do, decided before any process trains: its settings, folder and checkpoint."""
+
+    cfg: TrainConfig
+    out: str
+    ck: Optional[Dict[str, Any]] = None
+    done: Optional[int] = None  # set when a resumed run has nothing left to do
+
+
+def plan(cfg: TrainConfig, *, resume: bool = False, resume_from: Optional[str] = None,
+         explicit: Optional[Dict[str, Any]] = None, world_size: int = 1, distributed: bool = False,
+         source: Optional[List[D.DataSource]] = None) -> _Plan:
+    """Check everything a run needs before it starts, and create its folder (see :func:`run`).
+
+    ``world_size``: processes that will train; ``distributed``: under torch.distributed (torchrun
+    or ``--nproc``). ``source``: if given, a list that receives the built data source.
+
+    Raises:
+        TrainError / DataError: bad input; nothing in an existing run folder is modified.
+    """
+    ck = None
+    if resume:
+        out = find_resume_dir(resume_from, cfg.out)
+        ck = load_checkpoint(os.path.join(out, CHECKPOINT_NAME))
+        cfg = _resumed_config(ck, out, explicit or {})
+        if cfg.world_size != world_size:
+            raise TrainError(
+                f"{out!r} was trained by {cfg.world_size} process(es) and resumes only with as many "
+                f"(torchrun --nproc-per-node / --nproc {cfg.world_size}), not {world_size}: each keeps its random "
+                "stream in the checkpoint")
+        if world_size > 1 and len(ck.get("ranks") or ()) != world_size:
+            raise TrainError(f"checkpoint {os.path.join(out, CHECKPOINT_NAME)!r} is incomplete (no state of each "
+                             f"of its {world_size} processes)")
+    else:
+        if cfg.iterations is not None and cfg.epochs is not None:
+            raise TrainError("give --iterations or --epochs, not both")
+        cfg = dataclasses.replace(cfg, world_size=world_size)
+        resolve_config(cfg)  # fail on bad values before touching any data or file
+    if cfg.fsdp:
+        if not distributed:
+            raise TrainError("--fsdp shards the critic over several processes: launch with torchrun "
+                             "--nproc-per-node N -m wgan_ext train ..., or add --nproc N")
+        TD.check_fsdp()
+    built = D.make_source(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels)
+    if source is not None:
+        source.append(built)
+    cfg = resolve_config(cfg, built)
+    if ck is None:
+        out = cfg.out or _default_out(cfg)
+        if os.path.isfile(os.path.join(out, CHECKPOINT_NAME)) or os.path.isfile(os.path.join(out, "config.json")):
+            raise TrainError(f"{out!r} already holds a run; continue it with --resume or choose another --out")
+        cfg.out = out
+    else:
+        done = generator_updates(ck)
+        if done >= cfg.iterations:
+            return _Plan(cfg, out, ck, done)
+    _prepare_out(out)
+    return _Plan(cfg, out, ck)
 
 
 def run(
@@ -325,6 +441,10 @@ def run(
     on_batch: Optional[Callable[[Any], None]] = None,
 ) -> RunResult:
     """Train a WGAN as configured and write the run folder; see the module docstring.
+
+    Under torchrun (or in a process group already set up) every process calls this with the
+    same arguments and trains its share (:mod:`wgan_ext.train_distributed`); rank 0 checks the
+    input, and alone writes the folder and reports.
 
     Args:
         cfg: the configuration (``None`` fields are defaulted).
@@ -342,41 +462,53 @@ def run(
 
     Returns:
         A :class:`RunResult`. Raises :class:`TrainError` / :class:`wgan_ext.data.DataError` for
-        bad input, before anything in an existing run folder is modified.
+        bad input, before anything in an existing run folder is modified (on every process).
     """
-    ck = None
-    if resume:
-        out = find_resume_dir(resume_from, cfg.out)
-        ck = load_checkpoint(os.path.join(out, CHECKPOINT_NAME))
-        cfg = _resumed_config(ck, out, explicit or {})
-    else:
-        if cfg.iterations is not None and cfg.epochs is not None:
-            raise TrainError("give --iterations or --epochs, not both")
-        resolve_config(cfg)  # fail on bad values before touching any data or file
-    source = D.make_source(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels)
-    cfg = resolve_config(cfg, source)
-    if ck is None:
-        out = cfg.out or _default_out(cfg)
-        if os.path.isfile(os.path.join(out, CHECKPOINT_NAME)) or os.path.isfile(os.path.join(out, "config.json")):
-            raise TrainError(f"{out!r} already holds a run; continue it with --resume or choose another --out")
-        cfg.out = out
-    else:
-        done = generator_updates(ck)
-        if done >= cfg.iterations:
-            return RunResult(out=out, summary={"generator_iterations": done, "iterations": cfg.iterations},
-                             nothing_to_do=True)
-    _prepare_out(out)
+    world = TD.join()
+    try:
+        return _run(world, cfg, resume=resume, resume_from=resume_from, explicit=explicit, progress=progress,
+                    quiet=quiet, on_batch=on_batch)
+    finally:
+        world.close()
+
+
+def _run(world: TD.World, cfg: TrainConfig, *, resume: bool, resume_from: Optional[str],
+         explicit: Optional[Dict[str, Any]], progress: Optional[bool], quiet: bool,
+         on_batch: Optional[Callable[[Any], None]]) -> RunResult:
+    built: List[D.DataSource] = []
+    p = world.share(lambda: plan(cfg, resume=resume, resume_from=resume_from, explicit=explicit,
+                                 world_size=world.world_size, distributed=world.distributed, source=built))
+    cfg, out, ck = p.cfg, p.out, p.ck
+    if p.done is not None:
+        return RunResult(out=out, summary={"generator_iterations": p.done, "iterations": cfg.iterations},
+                         nothing_to_do=True)
+    world.fsdp = cfg.fsdp
+
+    def this_rank_source() -> D.DataSource:
+        if world.distributed:
+            TD.check_devices(cfg.device, world.local_world_size)
+            if world.device(cfg.device).type == "cuda":
+                torch.cuda.set_device(world.device(cfg.device))
+        if built:
+            return built[0]
+        return D.make_source(cfg.dataset, data_dir=cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels)
+
+    source = world.agree(this_rank_source)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        run_ = _Run(cfg, source, out, progress=progress, quiet=quiet, on_batch=on_batch)
+        run_ = _Run(cfg, source, out, progress=progress, quiet=quiet, on_batch=on_batch, world=world)
         if ck is not None:
             run_.restore(ck)
-        atomic_write_text(os.path.join(out, "config.json"), json.dumps(json_safe(cfg.to_dict()), indent=2) + "\n")
+        world.share(lambda: atomic_write_text(os.path.join(out, "config.json"),
+                                              json.dumps(json_safe(cfg.to_dict()), indent=2) + "\n"))
         interrupted = run_.train()
     finally:
         torch.set_num_threads(threads_before)
-    summary = run_.summary(interrupted)
+    if world.writer:
+        summary = run_.summary(interrupted)
+    else:  # rank 0 reports
+        summary = {"generator_iterations": run_.gen_updates, "interrupted": interrupted, "world_size": world.world_size}
     summary["out"] = out
-    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    world.share(lambda: atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n"))
     return RunResult(out=out, summary=summary, interrupted=interrupted)

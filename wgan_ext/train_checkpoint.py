@@ -6,6 +6,10 @@ optimizers, the losses' ``state_dict`` (update counts, last values), torchgan's
 stream position, period, the period's running sums, the metrics so far). On CPU a run resumed
 from it ends with the same parameters, bit for bit, as the uninterrupted run (same machine,
 same thread count). It loads with ``weights_only=True``: no code runs on load.
+
+A run on several processes (rank 0 writes it) saves full, unsharded models with the keys of a
+single process (an FSDP2 critic's optimizer state is keyed by parameter name), and adds
+``ranks``: each rank's RNG states and period sums.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -23,7 +27,7 @@ from .train_config import TrainError
 
 __all__ = [
     "CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint",
-    "checkpoint_payload", "restore_training_state", "generator_updates",
+    "checkpoint_payload", "restore_training_state", "generator_updates", "rng_state", "set_rng_state",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -32,7 +36,8 @@ CHECKPOINT_VERSION = 2
 _NEEDED = ("config", "models", "optimizers", "losses", "loss_information", "rng", "loop")
 
 
-def _rng_state() -> Dict[str, Any]:
+def rng_state() -> Dict[str, Any]:
+    """This process's RNG states (torch, numpy, python, and CUDA's once initialised)."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -46,7 +51,8 @@ def _rng_state() -> Dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore states saved by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
@@ -57,40 +63,57 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def checkpoint_payload(config: Dict[str, Any], trainer: Any, critic_loss: Any, gen_loss: Any,
-                       loop: Dict[str, Any]) -> Dict[str, Any]:
+                       loop: Dict[str, Any], *, models: Optional[Dict[str, Any]] = None,
+                       optimizers: Optional[Dict[str, Any]] = None,
+                       ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """The checkpoint of a run now: ``config`` (a plain dict), the training objects' state and
-    the loop's own state ``loop`` (plain values and tensors)."""
-    return {
+    the loop's own state ``loop`` (plain values and tensors).
+
+    A run on several processes passes the full, unwrapped ``models`` / ``optimizers`` state
+    dicts, and ``ranks``: each rank's own loop state (its RNG states and period sums)."""
+    payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": config,
-        "models": {n: getattr(trainer, n).state_dict() for n in trainer.model_names},
-        "optimizers": {n: getattr(trainer, n).state_dict() for n in trainer.optimizer_names},
+        "models": models if models is not None else {n: getattr(trainer, n).state_dict() for n in trainer.model_names},
+        "optimizers": (optimizers if optimizers is not None
+                       else {n: getattr(trainer, n).state_dict() for n in trainer.optimizer_names}),
         "losses": {"critic": critic_loss.state_dict(), "generator": gen_loss.state_dict()},
         "loss_information": dict(trainer.loss_information),
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "loop": loop,
     }
+    if ranks is not None:
+        payload["ranks"] = ranks
+    return payload
 
 
-def restore_training_state(ck: Dict[str, Any], trainer: Any, critic_loss: Any, gen_loss: Any) -> None:
+def restore_training_state(ck: Dict[str, Any], trainer: Any, critic_loss: Any, gen_loss: Any, *,
+                           load_models: Optional[Callable[[Dict[str, Any], Dict[str, Any]], None]] = None,
+                           rng: Optional[Dict[str, Any]] = None) -> None:
     """Load models, optimizers, losses, ``loss_information`` and the RNG states from ``ck``.
+
+    ``load_models(models, optimizers)`` replaces loading the trainer's own (wrapped networks);
+    ``rng`` replaces ``ck["rng"]`` (one rank's states).
 
     Raises:
         TrainError: the checkpoint's networks or losses do not fit these objects.
     """
     try:
-        for n in trainer.model_names:
-            getattr(trainer, n).load_state_dict(ck["models"][n])
-        for n in trainer.optimizer_names:
-            getattr(trainer, n).load_state_dict(ck["optimizers"][n])
+        if load_models is not None:
+            load_models(ck["models"], ck["optimizers"])
+        else:
+            for n in trainer.model_names:
+                getattr(trainer, n).load_state_dict(ck["models"][n])
+            for n in trainer.optimizer_names:
+                getattr(trainer, n).load_state_dict(ck["optimizers"][n])
         critic_loss.load_state_dict(ck["losses"]["critic"])
         gen_loss.load_state_dict(ck["losses"]["generator"])
     except (KeyError, RuntimeError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrainError(f"checkpoint does not fit this run's networks ({msg[:160]})") from None
     trainer.loss_information = dict(ck["loss_information"])
-    _set_rng_state(ck["rng"])
+    set_rng_state(ck["rng"] if rng is None else rng)
 
 
 def generator_updates(ck: Dict[str, Any]) -> int:

@@ -81,6 +81,8 @@ class TrainConfig:
     gp_lambda: float = WF.GP_LAMBDA
     eval_samples: int = 512
     threads: Optional[int] = None
+    fsdp: bool = False
+    world_size: int = 1  # processes training together (set by wgan_ext.train.run, not chosen)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,9 +146,16 @@ def resolve_config(cfg: TrainConfig, source: Optional[D.DataSource] = None) -> T
     _check(math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}")
     _check(c.n_critic >= 1, f"n_critic must be >= 1, got {c.n_critic}")
     _check(c.batch_size >= 1, f"batch size must be >= 1, got {c.batch_size}")
+    _check(_is_int(c.world_size) and c.world_size >= 1, f"world size must be >= 1, got {c.world_size}")
+    _check(c.batch_size % c.world_size == 0,
+           f"batch size {c.batch_size} is the global batch m, split evenly over {c.world_size} processes: "
+           f"it must be a multiple of {c.world_size}")
     _check(c.n_hidden >= 1, f"n_hidden must be >= 1, got {c.n_hidden}")
     _check(c.eval_samples >= 8, f"eval samples must be >= 8, got {c.eval_samples}")
     _check(math.isfinite(c.gp_lambda) and c.gp_lambda >= 0, f"gp lambda must be >= 0, got {c.gp_lambda}")
+    _check(not (c.fsdp and c.loss == "gp"),
+           "--fsdp cannot train --loss gp: the gradient penalty backpropagates twice through the critic, and "
+           "FSDP2 frees its gathered weights after the first; leave out --fsdp (DDP)")
     _check(c.channels in (1, 3), f"channels must be 1 or 3, got {c.channels}")
     if c.arch is None:
         c.arch = "mlp" if toy or c.dataset == "digits" else "dcgan"

@@ -221,6 +221,7 @@ def summarize(cfg: TrainConfig, history: List[Dict[str, Any]], *, generator_upda
         "generator_iterations": generator_updates,
         "critic_iterations": critic_updates,
         "interrupted": interrupted,
+        "world_size": cfg.world_size,
         "wall_time_s": round(elapsed, 2),
         "final": history[-1] if history else {},
         "spearman_critic_w1": M.spearman(col("critic_w"), col("w1")) if history else math.nan,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -114,12 +114,16 @@ class _Last(list):
             super().append(v)
 
 
-def build_trainer(cfg: TrainConfig, network: Dict[str, Dict[str, Any]], losses: List[Any], out: str,
-                  epochs: int) -> Any:
+def build_trainer(cfg: TrainConfig, network: Dict[str, Dict[str, Any]], losses: List[Any], out: Optional[str],
+                  epochs: int, device: Optional[torch.device] = None) -> Any:
     """A stock torchgan ``Trainer`` (checkpoints left to the run) for ``losses`` listed critic
     first, with ``ncritic=1``: the losses keep the schedule, so the batch of the critic update
     that completes ``n(g)`` also brings generator update ``g``, and a run of ``k`` generator
-    iterations ends after exactly Algorithm 1's critic updates (see :mod:`wgan_ext.losses`)."""
+    iterations ends after exactly Algorithm 1's critic updates (see :mod:`wgan_ext.losses`).
+
+    torchgan creates its image and checkpoint folders (unused here) under ``out``; with
+    ``out=None`` (a process that writes nothing) they are the current folder, which exists.
+    ``device`` defaults to ``cfg.device``."""
     from torchgan.trainer import Trainer
 
     class WGANTrainer(Trainer):
@@ -132,8 +136,12 @@ def build_trainer(cfg: TrainConfig, network: Dict[str, Dict[str, Any]], losses: 
         def load_model(self, load_path: str = "", load_items: Any = None) -> None:
             raise NotImplementedError("runs of wgan-ext train resume with --resume (wgan_ext.train.run)")
 
+    if out is None:  # torchgan's makedirs then only meet the current folder
+        checkpoints, recon = "./torchgan", "."
+    else:
+        checkpoints, recon = os.path.join(out, "samples", "torchgan"), os.path.join(out, "samples")
     with contextlib.redirect_stdout(io.StringIO()):  # torchgan prints its set-up
         return WGANTrainer(
-            network, losses, device=torch.device(cfg.device), ncritic=1, epochs=epochs, sample_size=64,
-            checkpoints=os.path.join(out, "samples", "torchgan"), recon=os.path.join(out, "samples"), nrow=8,
+            network, losses, device=device or torch.device(cfg.device), ncritic=1, epochs=epochs, sample_size=64,
+            checkpoints=checkpoints, recon=recon, nrow=8,
         )
