@@ -101,6 +101,8 @@ def _jit(name: str, sources: list, cuda: bool) -> Any:
     from torch.utils import cpp_extension
 
     flags = ["-O3"]  # cpp_extension adds the -std its headers need
+    if not cuda and sys.platform != "win32":
+        flags += ["-ffp-contract=off", "-fno-math-errno"]  # rmsprop_clip_ rounds as ATen (setup.py)
     # at::parallel_for is inlined from ATen's OpenMP header (see setup.py).
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") and not cuda else []
     kwargs = dict(
@@ -157,9 +159,11 @@ def _load(name: str) -> BackendStatus:
         if cpp_extension.CUDA_HOME is None:
             st.reason = "; ".join(st.attempts + ["no CUDA toolkit found for a JIT build (set CUDA_HOME)"])
             return st
-        sources, jit_name = [src / "cuda" / "fused_clip_kernel.cu"], "wgan_ext_C_cuda"
+        sources = [src / "cuda" / "fused_clip_kernel.cu", src / "cuda" / "rmsprop_clip_kernel.cu"]
+        jit_name = "wgan_ext_C_cuda"
     else:
-        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_module.cpp"]
+        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_module.cpp",
+                   src / "rmsprop_clip.cpp", src / "cpu" / "rmsprop_clip_kernel.cpp"]
         jit_name = "wgan_ext_C"
     try:
         built = _jit(jit_name, sources, cuda=name == "cuda")
