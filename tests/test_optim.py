@@ -200,6 +200,45 @@ def test_cpu_kernel_exact_under_other_aten_cpu_capabilities(capability):
     assert f"capability {capability.upper()}" in out.stdout
 
 
+@pytest.mark.skipif(not kernel_here(), reason="the compiled CPU kernel is unavailable here")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[-1]], ids=[CONFIG_IDS[0], CONFIG_IDS[-1]])
+def test_every_16_bit_pattern_as_parameter_state_and_gradient(dtype, config):
+    # All 65,536 bit patterns (subnormals, infinities, NaNs, the largest values, whose squares
+    # overflow) in every role, with bounds wide enough to keep most of them: the kernel's own
+    # 16-bit conversions and roundings against ATen's.
+    patterns = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype)
+    gen = torch.Generator().manual_seed(0)
+    shuffled = lambda: patterns[torch.randperm(patterns.numel(), generator=gen)]  # noqa: E731
+    big = float(torch.finfo(dtype).max)
+    ref = torch.nn.Parameter(patterns.clone())
+    mine = torch.nn.Parameter(patterns.clone())
+    kw = dict(lr=0.5, **config)
+    ropt = torch.optim.RMSprop([ref], foreach=False, **kw)
+    opt = ClippedRMSprop([mine], clip=(-big / 2, big), **kw)
+    for k in range(3):
+        grad = shuffled()
+        ref.grad, mine.grad = grad.clone(), grad.clone()
+        if k == 0:  # start from arbitrary states (a square average is not negative)
+            st = ropt.state[ref]
+            st["step"] = torch.tensor(0.0)
+            st["square_avg"] = shuffled().abs()
+            if config["momentum"]:
+                st["momentum_buffer"] = shuffled()
+            if config["centered"]:
+                st["grad_avg"] = shuffled()
+            opt.state[mine] = {key: v.clone() for key, v in st.items()}
+        ropt.step()
+        with torch.no_grad():
+            ref.clamp_(-big / 2, big)
+        opt.step()
+        assert_same(mine, ref, f"step {k} param")
+        for key in STATE_KEYS:
+            if key in ropt.state[ref]:
+                assert_same(opt.state[mine][key], ropt.state[ref][key], f"step {k} {key}")
+    assert ref.isfinite().float().mean() > 0.5  # most values stay numbers
+
+
 def test_tuple_clip_and_parameters_without_gradient_are_clipped():
     params = [torch.nn.Parameter(torch.linspace(-1, 1, 11)) for _ in range(2)]
     opt = ClippedRMSprop(params, lr=0.1, clip=(-0.2, 0.5))

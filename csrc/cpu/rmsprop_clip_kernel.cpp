@@ -52,7 +52,7 @@ struct Table {
   std::vector<Span> spans;
   std::vector<int64_t> ends;  // running element count: span i covers [ends[i-1], ends[i])
   int64_t total = 0;
-  int mode = 0;  // kFma * 4 + centered * 2 + momentum
+  int mode = 0;  // kFma * 8 + weight decay * 4 + centered * 2 + momentum
   Scalars<float> f32{}, f16{}, bf16{};
   Scalars<double> f64{};
   RootFn<float> root_f = nullptr;  // ATen's square root (MKL), or nullptr: std::sqrt
@@ -127,7 +127,7 @@ RootFn<T> root_of(const Table& t) {
 }
 
 // Elements [b, e) of one parameter and its state.
-template <typename T, bool kFma, bool kCentered, bool kMomentum, bool kFusedAlpha>
+template <typename T, bool kFma, bool kWd, bool kCentered, bool kMomentum, bool kFusedAlpha>
 WGAN_EXT_MATH void walk_update(const Table& t, const Span& sp, int64_t b, int64_t e,
                                const Scalars<at::opmath_type<T>>& s) {
   using op_t = at::opmath_type<T>;
@@ -140,7 +140,7 @@ WGAN_EXT_MATH void walk_update(const Table& t, const Span& sp, int64_t b, int64_
   const RootFn<T> root = root_of<T>(t);
   if (root == nullptr) {
     for (int64_t i = b; i < e; ++i) {
-      update<T, kFma, kCentered, kMomentum, kFusedAlpha>(
+      update<T, kFma, kWd, kCentered, kMomentum, kFusedAlpha>(
           p[i], g[i], sq[i], kCentered ? ga[i] : unused, kMomentum ? buf[i] : unused, s);
     }
     return;
@@ -153,8 +153,8 @@ WGAN_EXT_MATH void walk_update(const Table& t, const Span& sp, int64_t b, int64_
     const int64_t n = std::min(kBlock, e - b0);
     T* __restrict__ pb = p + b0;
     for (int64_t j = 0; j < n; ++j) {
-      xs[j] = front<T, kFma, kCentered, kFusedAlpha>(pb[j], g[b0 + j], sq[b0 + j],
-                                                     kCentered ? ga[b0 + j] : unused, gs[j], s);
+      xs[j] = front<T, kFma, kWd, kCentered, kFusedAlpha>(
+          pb[j], g[b0 + j], sq[b0 + j], kCentered ? ga[b0 + j] : unused, gs[j], s);
     }
     root(n, xs, roots, kVmlMode);
     for (int64_t j = 0; j < n; ++j) {
@@ -165,7 +165,7 @@ WGAN_EXT_MATH void walk_update(const Table& t, const Span& sp, int64_t b, int64_
 }
 
 // Elements [b, e) of span sp (n elements in all).
-template <typename T, bool kFma, bool kCentered, bool kMomentum>
+template <typename T, bool kFma, bool kWd, bool kCentered, bool kMomentum>
 WGAN_EXT_MATH void walk(const Table& t, const Span& sp, int64_t n, int64_t b, int64_t e,
                         const Scalars<at::opmath_type<T>>& scalars) {
   const auto s = scalars;  // a local copy: stores through the tensors cannot alias it
@@ -175,7 +175,7 @@ WGAN_EXT_MATH void walk(const Table& t, const Span& sp, int64_t n, int64_t b, in
     return;
   }
   if constexpr (kFma && !std::is_same_v<T, at::opmath_type<T>>) {
-    if (t.aten_width > 0 && (s.has_weight_decay || kMomentum)) {
+    if (t.aten_width > 0 && (kWd || kMomentum)) {
       // Half/BFloat16 add with alpha: the scalar tail of each of ATen's per-thread ranges
       // rounds the product first. The ranges as TensorIterator::for_each cuts n elements.
       constexpr int64_t kAtenGrain = 32768;
@@ -184,22 +184,22 @@ WGAN_EXT_MATH void walk(const Table& t, const Span& sp, int64_t n, int64_t b, in
       for (int64_t c0 = b / chunk * chunk; c0 < e; c0 += chunk) {
         const int64_t c1 = std::min(n, c0 + chunk);
         const int64_t tail = c1 - (c1 - c0) % t.aten_width;
-        walk_update<T, kFma, kCentered, kMomentum, true>(t, sp, std::max(b, c0), std::min(e, tail), s);
-        walk_update<T, kFma, kCentered, kMomentum, false>(t, sp, std::max(b, tail), std::min(e, c1), s);
+        walk_update<T, kFma, kWd, kCentered, kMomentum, true>(t, sp, std::max(b, c0), std::min(e, tail), s);
+        walk_update<T, kFma, kWd, kCentered, kMomentum, false>(t, sp, std::max(b, tail), std::min(e, c1), s);
       }
       return;
     }
   }
-  walk_update<T, kFma, kCentered, kMomentum, kFma>(t, sp, b, e, s);
+  walk_update<T, kFma, kWd, kCentered, kMomentum, kFma>(t, sp, b, e, s);
 }
 
-template <bool kFma, bool kCentered, bool kMomentum>
+template <bool kFma, bool kWd, bool kCentered, bool kMomentum>
 WGAN_EXT_MATH void walk_span(const Table& t, const Span& sp, int64_t n, int64_t b, int64_t e) {
   switch (sp.dtype) {
-    case at::kFloat: walk<float, kFma, kCentered, kMomentum>(t, sp, n, b, e, t.f32); break;
-    case at::kDouble: walk<double, kFma, kCentered, kMomentum>(t, sp, n, b, e, t.f64); break;
-    case at::kHalf: walk<at::Half, kFma, kCentered, kMomentum>(t, sp, n, b, e, t.f16); break;
-    default: walk<at::BFloat16, kFma, kCentered, kMomentum>(t, sp, n, b, e, t.bf16); break;
+    case at::kFloat: walk<float, kFma, kWd, kCentered, kMomentum>(t, sp, n, b, e, t.f32); break;
+    case at::kDouble: walk<double, kFma, kWd, kCentered, kMomentum>(t, sp, n, b, e, t.f64); break;
+    case at::kHalf: walk<at::Half, kFma, kWd, kCentered, kMomentum>(t, sp, n, b, e, t.f16); break;
+    default: walk<at::BFloat16, kFma, kWd, kCentered, kMomentum>(t, sp, n, b, e, t.bf16); break;
   }
 }
 
@@ -220,15 +220,14 @@ WGAN_EXT_RMS_CLONES void walk_range(const Table& t, int64_t begin, int64_t end) 
     const int64_t stop = std::min(end, t.ends[i]);
     const Span& sp = t.spans[i];
     const int64_t b = pos - start, e = stop - start, n = t.ends[i] - start;
-    switch (t.mode) {
-      case 0: walk_span<false, false, false>(t, sp, n, b, e); break;
-      case 1: walk_span<false, false, true>(t, sp, n, b, e); break;
-      case 2: walk_span<false, true, false>(t, sp, n, b, e); break;
-      case 3: walk_span<false, true, true>(t, sp, n, b, e); break;
-      case 4: walk_span<true, false, false>(t, sp, n, b, e); break;
-      case 5: walk_span<true, false, true>(t, sp, n, b, e); break;
-      case 6: walk_span<true, true, false>(t, sp, n, b, e); break;
-      default: walk_span<true, true, true>(t, sp, n, b, e); break;
+    switch (t.mode) {  // kFma * 8 + weight decay * 4 + centered * 2 + momentum
+#define WGAN_EXT_MODE(m) \
+  case m: walk_span<(m & 8) != 0, (m & 4) != 0, (m & 2) != 0, (m & 1) != 0>(t, sp, n, b, e); break;
+      WGAN_EXT_MODE(0) WGAN_EXT_MODE(1) WGAN_EXT_MODE(2) WGAN_EXT_MODE(3)
+      WGAN_EXT_MODE(4) WGAN_EXT_MODE(5) WGAN_EXT_MODE(6) WGAN_EXT_MODE(7)
+      WGAN_EXT_MODE(8) WGAN_EXT_MODE(9) WGAN_EXT_MODE(10) WGAN_EXT_MODE(11)
+      WGAN_EXT_MODE(12) WGAN_EXT_MODE(13) WGAN_EXT_MODE(14) WGAN_EXT_MODE(15)
+#undef WGAN_EXT_MODE
     }
     pos = stop;
   }
@@ -251,7 +250,7 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   const double lr_value = host_lr(a);
 
   Table t;
-  t.mode = aten_uses_fma() * 4 + centered * 2 + (momentum > 0);
+  t.mode = aten_uses_fma() * 8 + (weight_decay != 0) * 4 + centered * 2 + (momentum > 0);
   t.root_f = aten_roots().f;
   t.root_d = aten_roots().d;
   t.aten_threads = at::in_parallel_region() ? 1 : at::get_num_threads();

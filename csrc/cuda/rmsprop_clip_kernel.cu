@@ -52,6 +52,17 @@ struct alignas(sizeof(T) * kILP) Pack {
   T v[kILP];
 };
 
+// One element with ATen's CPU roundings (kFma: what its AVX2/AVX-512 kernels fuse).
+template <typename T, bool kCentered, bool kMomentum>
+__device__ __forceinline__ void step_one(T& p, T g, T& sq, T& ga, T& buf,
+                                         const Scalars<at::opmath_type<T>>& s) {
+  if (s.has_weight_decay) {  // the same for the whole grid
+    update<T, true, true, kCentered, kMomentum>(p, g, sq, ga, buf, s);
+  } else {
+    update<T, true, false, kCentered, kMomentum>(p, g, sq, ga, buf, s);
+  }
+}
+
 template <typename T, bool kCentered, bool kMomentum>
 __global__ void __launch_bounds__(kThreads) rmsprop_clip_kernel(
     const __grid_constant__ Meta meta, Scalars<at::opmath_type<T>> s, const void* lr,
@@ -94,17 +105,22 @@ __global__ void __launch_bounds__(kThreads) rmsprop_clip_kernel(
       if constexpr (kMomentum) vb = *reinterpret_cast<const Pack<T>*>(buf + i0);
 #pragma unroll
       for (int k = 0; k < kILP; ++k) {
-        update<T, true, kCentered, kMomentum>(vp.v[k], vg.v[k], vs.v[k], va.v[k], vb.v[k], s);
+        step_one<T, kCentered, kMomentum>(vp.v[k], vg.v[k], vs.v[k], va.v[k], vb.v[k], s);
       }
       *reinterpret_cast<Pack<T>*>(p + i0) = vp;
       *reinterpret_cast<Pack<T>*>(sq + i0) = vs;
       if constexpr (kCentered) *reinterpret_cast<Pack<T>*>(ga + i0) = va;
       if constexpr (kMomentum) *reinterpret_cast<Pack<T>*>(buf + i0) = vb;
     } else {
-      for (int i = i0; i < i0 + kILP && i < len; ++i) {
-        T unused;
-        update<T, true, kCentered, kMomentum>(p[i], g[i], sq[i], kCentered ? ga[i] : unused,
-                                              kMomentum ? buf[i] : unused, s);
+      for (int i = i0; i < i0 + kILP && i < len; ++i) {  // in registers, then stored
+        T vp = p[i], vs = sq[i], va{}, vb{};
+        if constexpr (kCentered) va = ga[i];
+        if constexpr (kMomentum) vb = buf[i];
+        step_one<T, kCentered, kMomentum>(vp, g[i], vs, va, vb, s);
+        p[i] = vp;
+        sq[i] = vs;
+        if constexpr (kCentered) ga[i] = va;
+        if constexpr (kMomentum) buf[i] = vb;
       }
     }
   }
