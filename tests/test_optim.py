@@ -438,6 +438,20 @@ def test_step_bumps_version_counters_like_inplace_ops():
         y.backward()
 
 
+def test_parameters_on_two_devices_are_stepped_per_device():
+    # meta has no kernel: its parameters take torch's RMSprop + fused_clip_, the CPU ones the op.
+    a = torch.nn.Parameter(torch.full((3,), 0.5))
+    b = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    opt = ClippedRMSprop([a, b], lr=0.1, clip=0.2)
+    a.grad, b.grad = torch.ones(3), torch.ones(3, device="meta")
+    opt.step()
+    ref = torch.nn.Parameter(torch.full((3,), 0.5))
+    ref.grad = torch.ones(3)
+    torch.optim.RMSprop([ref], lr=0.1, foreach=False).step()
+    assert_same(a, ref.detach().clamp(-0.2, 0.2))
+    assert opt.state[b]["square_avg"].is_meta and opt.state[b]["step"].item() == 1
+
+
 def test_fused_true_without_kernel_for_the_device_raises():
     p = torch.nn.Parameter(torch.zeros(3, device="meta"))
     with pytest.raises(RuntimeError, match="fused=True"):
@@ -457,6 +471,7 @@ def test_fused_true_without_kernel_for_the_device_raises():
     (dict(clip=float("nan")), "clip must be finite"),
     (dict(clip=(0.5, -0.5)), "needs lo <= hi"),
     (dict(clip=(float("-inf"), 1.0)), "must be finite"),
+    (dict(differentiable=True), "differentiable=True"),
 ])
 def test_bad_hyperparameters_raise_value_error_naming_the_value(kw, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(")):
@@ -751,7 +766,7 @@ def test_cuda_many_tensors_big_tensors_and_misaligned_memory():
     for ps in (odd, aligned, ref):
         for p, g in zip(ps, grads):
             p.grad = g.clone()
-    assert odd[1].data_ptr() % 16 != 0
+    assert odd[0].data_ptr() % 16 != 0 and odd[-1].data_ptr() % 16 != 0
     ClippedRMSprop(odd, lr=1e-2, momentum=0.5, clip=C).step()
     ClippedRMSprop(aligned, lr=1e-2, momentum=0.5, clip=C).step()
     torch.optim.RMSprop(ref, lr=1e-2, momentum=0.5, foreach=False).step()

@@ -10,6 +10,7 @@ device, ``torch.optim.RMSprop``'s own functional step followed by :func:`wgan_ex
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -27,6 +28,7 @@ _OP = "wgan_ext::rmsprop_clip_"
 # device type -> whether the compiled op serves it; filled outside torch.compile (tracing only
 # reads it: it never loads or builds anything).
 _KERNELS: dict = {}
+_lock = threading.Lock()
 _fake_registered = False
 
 
@@ -46,6 +48,14 @@ def _register_fake() -> None:
     _fake_registered = True
 
 
+def _op_has_kernel(device_type: str) -> bool:
+    try:
+        torch.ops.wgan_ext.rmsprop_clip_
+    except (AttributeError, RuntimeError):
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(_OP, device_type.upper())
+
+
 def kernel_available(device_type: str, warn: bool = False) -> bool:
     """True if the compiled ``rmsprop_clip_`` serves ``device_type`` ('cpu' or 'cuda').
 
@@ -53,10 +63,14 @@ def kernel_available(device_type: str, warn: bool = False) -> bool:
     with ``warn``, says once why the kernel is unavailable.
     """
     ok = _KERNELS.get(device_type)
-    if ok is None:
+    if ok is not None:
+        return ok
+    with _lock:
+        ok = _KERNELS.get(device_type)
+        if ok is not None:
+            return ok
         ok = device_type in ("cpu", "cuda") and _ext.available(device_type, warn=warn)
-        if ok and not torch._C._dispatch_has_kernel_for_dispatch_key(
-                _OP, "CPU" if device_type == "cpu" else "CUDA"):
+        if ok and not _op_has_kernel(device_type):
             ok = False
             if warn:  # a library built before the op existed
                 warnings.warn(f"wgan_ext: the loaded {device_type.upper()} kernel library has no "
@@ -65,7 +79,7 @@ def kernel_available(device_type: str, warn: bool = False) -> bool:
         if ok:
             _register_fake()
         _KERNELS[device_type] = ok
-    return ok
+        return ok
 
 
 def _use_kernel(device: torch.device, fused: Optional[bool]) -> bool:
@@ -76,8 +90,12 @@ def _use_kernel(device: torch.device, fused: Optional[bool]) -> bool:
     else:
         ok = kernel_available(device.type, warn=fused is None)
     if fused and not ok:
+        if device.type not in ("cpu", "cuda"):
+            why = "kernels exist for cpu and cuda only"
+        else:
+            why = _ext.status(device.type).reason or "the loaded library has no rmsprop_clip_"
         raise RuntimeError(f"ClippedRMSprop(fused=True): no compiled rmsprop_clip_ kernel serves "
-                           f"device {device} ({_ext.status(device.type).reason if device.type in ('cpu', 'cuda') else 'no kernel for this device type'})")
+                           f"device {device} ({why})")
     return ok
 
 
@@ -177,13 +195,15 @@ class ClippedRMSprop(Optimizer):
         capturable: keep ``step`` on the parameters' device, for CUDA graphs (as RMSprop's).
         foreach: the fallback's RMSprop implementation (as RMSprop's ``foreach``).
         maximize: maximize the objective (default False).
+        differentiable: accepted for RMSprop's signature; only False is supported.
         fused: None (default) uses the compiled kernel where one serves the device and falls
             back (with a one-time warning saying why) elsewhere; True requires the kernel;
             False always runs ``torch.optim.RMSprop``'s step then :func:`wgan_ext.fused_clip_`.
 
     Raises:
         ValueError: ``lr``, ``alpha``, ``eps``, ``weight_decay`` or ``momentum`` below 0,
-            ``clip <= 0``, a non-finite clip or ``lo > hi``, a parameter listed twice.
+            ``clip <= 0``, a non-finite clip or ``lo > hi``, a parameter listed twice,
+            ``differentiable=True``.
         TypeError: a clip that is not a number or pair, a parameter of an unsupported dtype.
 
     Example:
@@ -201,8 +221,11 @@ class ClippedRMSprop(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
                  centered: bool = False, clip: Bounds = 0.01, capturable: bool = False,
                  foreach: Optional[bool] = None, maximize: bool = False,
-                 fused: Optional[bool] = None) -> None:
+                 differentiable: bool = False, fused: Optional[bool] = None) -> None:
         _check_hyper(lr, alpha, eps, weight_decay, momentum)
+        if differentiable:
+            raise ValueError("ClippedRMSprop does not support differentiable=True (the clip is a "
+                             "projection, not part of any graph)")
         resolve_bounds(clip, "clip")
         if fused not in (None, True, False):
             raise TypeError(f"fused must be None, True or False, got {fused!r}")
