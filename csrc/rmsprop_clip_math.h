@@ -22,15 +22,15 @@
 // a*b+c is two roundings and a 16-bit add with alpha rounds the product to the dtype first.
 // kFusedAlpha = false is that add in the scalar tail of ATen's vectorised Half/BFloat16 loop
 // (c10::Half * c10::Half rounds), even where the vector part fuses it.
-// On the host this header must be compiled without FP contraction (the CPU kernel's file sets
-// it); on the device the _rn intrinsics are never contracted.
+// On the host this header must be compiled without FP contraction (setup.py builds the CPU
+// library with -ffp-contract=off, and the kernel's file asks for it too); on the device the _rn
+// intrinsics are never contracted.
 #pragma once
 
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-
 #include <c10/core/Scalar.h>
 
 #include <cmath>

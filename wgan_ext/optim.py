@@ -176,12 +176,19 @@ class ClippedRMSprop(Optimizer):
             \text{(momentum; else } \theta \leftarrow \theta - \gamma g / (\sqrt{\tilde v} + \epsilon)) \\
         \theta &\leftarrow \min(\max(\theta, lo), hi)
 
-    Results are those of ``RMSprop(foreach=False)`` + ``clamp_``, rounding for rounding, for
-    float32 and float64 on the CPU (the kernel repeats ATen's roundings, fused multiply-adds and
-    square root); see the package docs for the exceptions (16-bit dtypes with weight decay or
-    momentum, CUDA). ``state_dict()`` has ``torch.optim.RMSprop``'s layout (``step``,
-    ``square_avg``, ``momentum_buffer``, ``grad_avg``), so a state dict loads either way; the
-    param groups carry RMSprop's hyperparameters plus ``clip`` and ``fused``.
+    Numerics: on the CPU the results are those of ``RMSprop(foreach=False)`` followed by
+    ``clamp_``, bit for bit, for float32, float64, bfloat16 and float16 (NaN payloads aside):
+    the kernel repeats ATen's roundings op by op, fuses a multiply-add exactly where ATen's
+    AVX2/AVX-512 kernels do (none under ``ATEN_CPU_CAPABILITY=default``), takes ATen's own
+    square root (MKL's, which is not always correctly rounded) and, for 16-bit weight decay and
+    momentum, rounds the scalar tails of ATen's per-thread loops as they do. On CUDA the kernel
+    computes the same sequence of roundings; ATen's CUDA kernels fuse multiply-adds where nvcc
+    chooses, so there the results agree with ``RMSprop`` to a few units in the last place. The
+    fallback (``fused=False``) runs RMSprop's own step and is exact everywhere.
+
+    ``state_dict()`` has ``torch.optim.RMSprop``'s layout (``step``, ``square_avg``,
+    ``momentum_buffer``, ``grad_avg``), so a state dict loads either way; the param groups
+    carry RMSprop's hyperparameters plus ``clip`` and ``fused``.
 
     Args:
         params: parameters or param groups (a group may set its own ``clip``).
