@@ -92,7 +92,8 @@ class Setup:
 
             return single_loop
         if contender == "compiled":
-            if shape not in compile_shapes(request.config):
+            every = request.config.getoption("--bench-compile") == "all"
+            if shape not in compile_shapes(request.config) and not every:
                 pytest.skip("torch.compile contender runs on the --bench-compile shapes only")
             self.backend = "torch.compile(RMSprop(foreach) + clamp_ loop)"
             torch._dynamo.reset()
