@@ -35,6 +35,9 @@ CXX_FLAGS = ["-O3", "-g0"]  # torch.utils.cpp_extension picks the -std its heade
 # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially.
 # Linking libgomp.so.1 reuses the copy torch already loaded (same soname).
 OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
+# rmsprop_clip_'s CPU kernel rounds as ATen does only if no a*b+c is fused behind its back; no
+# math errno lets sqrt vectorise (ATen is built the same way).
+FP_FLAGS = [] if sys.platform == "win32" else ["-ffp-contract=off", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
@@ -97,8 +100,9 @@ def _extensions() -> tuple[list, dict]:
         cpp_extension.CppExtension(
             name="wgan_ext._C",
             sources=[_rel("csrc", "fused_clip.cpp"), _rel("csrc", "cpu", "fused_clip_kernel.cpp"),
-                     _rel("csrc", "python_api.cpp")],
-            extra_compile_args={"cxx": CXX_FLAGS + OPENMP_FLAGS},
+                     _rel("csrc", "python_api.cpp"), _rel("csrc", "rmsprop_clip.cpp"),
+                     _rel("csrc", "cpu", "rmsprop_clip_kernel.cpp")],
+            extra_compile_args={"cxx": CXX_FLAGS + OPENMP_FLAGS + FP_FLAGS},
             extra_link_args=OPENMP_FLAGS,
         )
     ]
@@ -111,7 +115,8 @@ def _extensions() -> tuple[list, dict]:
         exts.append(
             cpp_extension.CUDAExtension(
                 name="wgan_ext._C_cuda",
-                sources=[_rel("csrc", "cuda", "fused_clip_kernel.cu"), _rel("csrc", "cuda", "clip_plan.cpp")],
+                sources=[_rel("csrc", "cuda", "fused_clip_kernel.cu"), _rel("csrc", "cuda", "clip_plan.cpp"),
+                         _rel("csrc", "cuda", "rmsprop_clip_kernel.cu")],
                 extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
                 # A broken toolkit must not cost a user the install: unless it was asked for (CI
                 # asks), a failed CUDA build is a warning and the kernel compiles on first use.

@@ -17,6 +17,7 @@ from . import functional
 from ._version import __version__
 from .functional import CriticSchedule
 from .ops import FusedClipper, fused_clip_
+from .optim import ClippedRMSprop
 
 # name -> submodule, imported on first access (torchgan only when a loss class is touched)
 _LAZY = {
@@ -38,7 +39,7 @@ _LAZY = {
 
 # No torchgan names here: `from wgan_ext import *` stays torchgan-free.
 __all__ = [
-    "__version__", "fused_clip_", "FusedClipper", "functional", "CriticSchedule",
+    "__version__", "fused_clip_", "FusedClipper", "ClippedRMSprop", "functional", "CriticSchedule",
     "get_loss", "create_loss", "available_losses", "algorithm1",
 ]
 

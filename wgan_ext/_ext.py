@@ -125,6 +125,8 @@ def _jit(name: str, sources: list, cuda: bool) -> Any:
         # torch would ask the (absent) GPU for its architecture and fail with an IndexError.
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
     flags = ["-O3"]  # cpp_extension adds the -std its headers need
+    if not cuda and sys.platform != "win32":
+        flags += ["-ffp-contract=off", "-fno-math-errno"]  # rmsprop_clip_ rounds as ATen (setup.py)
     # at::parallel_for is inlined from ATen's OpenMP header (see setup.py).
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") and not cuda else []
     kwargs = dict(
@@ -198,10 +200,12 @@ def _load(name: str) -> BackendStatus:
         if missing:
             st.reason = "; ".join(st.attempts + [missing])
             return st
-        sources = [src / "cuda" / "fused_clip_kernel.cu", src / "cuda" / "clip_plan.cpp"]
+        sources = [src / "cuda" / "fused_clip_kernel.cu", src / "cuda" / "clip_plan.cpp",
+                   src / "cuda" / "rmsprop_clip_kernel.cu"]
         jit_name = "wgan_ext_C_cuda"
     else:
-        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_api.cpp"]
+        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_api.cpp",
+                   src / "rmsprop_clip.cpp", src / "cpu" / "rmsprop_clip_kernel.cpp"]
         jit_name = "wgan_ext_C"
     try:
         built = _jit(jit_name, sources, cuda=name == "cuda")
