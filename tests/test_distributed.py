@@ -2,8 +2,9 @@
 
 * DDP: every replica ends bit-identical, every critic weight in [-c, c].
 * FSDP2: a critic sharded with ``fully_shard`` (DTensor parameters) and clipped with
-  ``fused_clip_`` / ``FusedClipper`` (local shards, in place) matches a single-process run on the
-  same global batches within float tolerance; a Partial DTensor is refused.
+  ``fused_clip_`` / ``FusedClipper`` / ``ClippedRMSprop`` (local shards, in place) matches a
+  single-process run on the same global batches within float tolerance; a Partial DTensor is
+  refused.
 """
 
 from __future__ import annotations
@@ -87,20 +88,24 @@ def test_ddp_replicas_stay_bit_identical_and_clipped():
     assert params[0].abs().max().item() == pytest.approx(C)  # the clip was active
 
 
-def _fsdp_worker(rank: int, tmp: str, use_clipper: bool) -> None:
+def _fsdp_worker(rank: int, tmp: str, clip_kind: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Partial
 
-    from wgan_ext import FusedClipper, fused_clip_
+    from wgan_ext import ClippedRMSprop, FusedClipper, fused_clip_
 
     _init(rank, tmp)
     mesh = init_device_mesh("cpu", (WORLD,))
     critic = _critic()
     fully_shard(critic, mesh=mesh)
     assert all(isinstance(p, DTensor) for p in critic.parameters())
-    opt = torch.optim.RMSprop(critic.parameters(), lr=5e-3)
-    clip = FusedClipper(critic, C) if use_clipper else (lambda: fused_clip_(critic, C))
+    if clip_kind == "ClippedRMSprop":  # the step clips: one fused pass over each local shard
+        opt = ClippedRMSprop(critic.parameters(), lr=5e-3, clip=C)
+        clip = lambda: None  # noqa: E731
+    else:
+        opt = torch.optim.RMSprop(critic.parameters(), lr=5e-3)
+        clip = FusedClipper(critic, C) if clip_kind == "FusedClipper" else (lambda: fused_clip_(critic, C))
     half = BATCH // WORLD
     for step in range(20):
         real, fake = _batches(step)
@@ -118,14 +123,14 @@ def _fsdp_worker(rank: int, tmp: str, use_clipper: bool) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("use_clipper", [False, True], ids=["fused_clip_", "FusedClipper"])
-def test_fsdp2_sharded_critic_matches_a_single_process_run(use_clipper):
+@pytest.mark.parametrize("clip_kind", ["fused_clip_", "FusedClipper", "ClippedRMSprop"])
+def test_fsdp2_sharded_critic_matches_a_single_process_run(clip_kind):
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
         pytest.skip("this torch has no FSDP2 (torch.distributed.fsdp.fully_shard)")
     with tempfile.TemporaryDirectory() as tmp:
-        _spawn(_fsdp_worker, tmp, use_clipper)
+        _spawn(_fsdp_worker, tmp, clip_kind)
         out = torch.load(os.path.join(tmp, "fsdp.pt"))
     critic = _critic()
     opt = torch.optim.RMSprop(critic.parameters(), lr=5e-3)

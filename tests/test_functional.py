@@ -185,6 +185,61 @@ def test_critic_step_matches_hand_written_update(placement):
     assert inside == (placement == "after")
 
 
+@pytest.mark.parametrize("clip", [None, 0.05, (-0.05, 0.05), "clipper"])
+def test_critic_step_with_a_clipping_optimizer_does_not_clip_twice(clip, monkeypatch):
+    # ClippedRMSprop's step clips: the step must match the hand-written RMSprop + clamp bit for
+    # bit, and no separate clip may run.
+    from wgan_ext import ClippedRMSprop, FusedClipper
+
+    critic = mlp(6)
+    twin = copy.deepcopy(critic)
+    opt = ClippedRMSprop(critic.parameters(), lr=1e-2, clip=0.05)
+    opt2 = torch.optim.RMSprop(twin.parameters(), lr=1e-2)
+    if clip == "clipper":
+        clip = FusedClipper(critic, 0.05)
+    monkeypatch.setattr(F, "fused_clip_", lambda *a, **k: pytest.fail("a second clip ran"))
+    monkeypatch.setattr(FusedClipper, "__call__", lambda self: pytest.fail("a second clip ran"))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        real, fake = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+        F.critic_step(critic, opt, real, fake, clip=clip)
+        _hand_critic_step(twin, opt2, real, fake, -0.05, 0.05, "after")
+        for p, q in zip(critic.parameters(), twin.parameters()):
+            assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"clip": 0.02}, r"clip=\(-0.02, 0.02\) but the critic's ClippedRMSprop clips to \(-0.05, 0.05\)"),
+    ({"clip": 0.05, "clip_placement": "before"}, "clip_placement='before' needs an optimizer that does not clip"),
+])
+def test_critic_step_refuses_a_clip_the_optimizer_contradicts(kwargs, match):
+    from wgan_ext import ClippedRMSprop
+
+    critic = mlp(7)
+    before = copy.deepcopy(critic.state_dict())
+    opt = ClippedRMSprop(critic.parameters(), lr=1e-2, clip=0.05)
+    with pytest.raises(ValueError, match=match):
+        F.critic_step(critic, opt, torch.randn(4, 2), torch.randn(4, 2), **kwargs)
+    assert all(torch.equal(v, critic.state_dict()[k]) for k, v in before.items())
+    partial = ClippedRMSprop(list(critic.parameters())[:2], lr=1e-2, clip=0.05)
+    with pytest.raises(ValueError, match="does not clip every critic parameter"):
+        F.critic_step(critic, partial, torch.randn(4, 2), torch.randn(4, 2), clip=0.05)
+
+
+def test_critic_step_with_a_fused_clipper_clips_its_tensors():
+    from wgan_ext import FusedClipper
+
+    critic = mlp(8)
+    twin = copy.deepcopy(critic)
+    opt, opt2 = torch.optim.RMSprop(critic.parameters(), lr=1e-1), torch.optim.RMSprop(twin.parameters(), lr=1e-1)
+    clipper = FusedClipper(critic, (-0.02, 0.03))
+    real, fake = torch.randn(8, 2), torch.randn(8, 2)
+    F.critic_step(critic, opt, real, fake, clip=clipper)
+    _hand_critic_step(twin, opt2, real, fake, -0.02, 0.03, "after")
+    for p, q in zip(critic.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_critic_step_with_penalty_is_one_step():
     critic = mlp(5)
     opt = torch.optim.RMSprop(critic.parameters(), lr=1e-3)

@@ -433,3 +433,33 @@ def test_real_inputs_must_be_a_tensor():
     gen, critic = models()
     with pytest.raises(TypeError, match="real_inputs must be a tensor"):
         WassersteinCriticLoss().train_ops(gen, critic, rmsprop(critic), {"x": 1}, CPU)
+
+
+def test_critic_loss_clips_with_the_bounds_on_cpu_and_is_copyable():
+    from wgan_ext import ClippedRMSprop, FusedClipper
+
+    loss = WassersteinCriticLoss(c=0.01)
+    critic = MLPCritic(in_shape=(2,), hidden=8)
+    assert loss._clip_for(critic, torch.optim.RMSprop(critic.parameters())) == (-0.01, 0.01)
+    assert loss._clip_for(critic, ClippedRMSprop(critic.parameters(), clip=0.01)) == (-0.01, 0.01)
+    loss._clipper = FusedClipper(critic, 0.01)  # as on CUDA: never copied or pickled
+    assert copy.deepcopy(loss)._clipper is None and loss._clipper is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_critic_loss_on_cuda_keeps_a_fused_clipper_while_the_parameters_stay():
+    from wgan_ext import ClippedRMSprop, FusedClipper
+
+    loss = WassersteinCriticLoss(c=0.01)
+    critic = MLPCritic(in_shape=(2,), hidden=8).cuda()
+    opt = torch.optim.RMSprop(critic.parameters())
+    first = loss._clip_for(critic, opt)
+    assert isinstance(first, FusedClipper) and (first.lo, first.hi) == (-0.01, 0.01)
+    assert loss._clip_for(critic, opt) is first
+    layer = next(m for m in critic.modules() if isinstance(m, torch.nn.Linear))
+    layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))
+    second = loss._clip_for(critic, opt)
+    assert second is not first and any(t is layer.weight for t in second.tensors)
+    assert loss._clip_for(critic, ClippedRMSprop(critic.parameters(), clip=0.01)) == (-0.01, 0.01)
+    assert loss._clipper is None

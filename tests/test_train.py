@@ -35,16 +35,23 @@ def _rows(path):
 # ----------------------------------------------------------------------------- the yardstick
 
 
-def test_torchgan_run_equals_hand_written_algorithm1(tmp_path) -> None:
-    """Our torchgan Trainer run and wgan_ext.reference.algorithm1 (plain PyTorch, clamp_) end with
-    the same generator, bit for bit, from the same initial weights, data and RNG state."""
+@pytest.mark.parametrize("optimizer", ["clipped-rmsprop", "rmsprop"])
+def test_torchgan_run_equals_hand_written_algorithm1(tmp_path, optimizer) -> None:
+    """Our torchgan Trainer run and wgan_ext.reference.algorithm1 (plain PyTorch: RMSprop, then
+    clamp_) end with the same generator and critic, bit for bit, from the same initial weights,
+    data and RNG state: with the clip fused into the critic's optimizer (the default) and with
+    RMSprop followed by the critic loss's clip."""
     from wgan_ext.networks import MLPCritic, MLPGenerator
+    from wgan_ext.optim import ClippedRMSprop
     from wgan_ext.reference import algorithm1
 
-    cfg = T.resolve_config(_cfg(tmp_path, iterations=12, log_every=4), D.make_source("8gaussians"))
+    cfg = T.resolve_config(_cfg(tmp_path, iterations=12, log_every=4, optimizer=optimizer),
+                           D.make_source("8gaussians"))
     source = D.make_source(cfg.dataset)
     os.makedirs(cfg.out)
     run = T._Run(cfg, source, cfg.out, progress=False, quiet=True, on_batch=None)
+    assert isinstance(run.trainer.optimizer_discriminator, ClippedRMSprop) == (optimizer == "clipped-rmsprop")
+    assert not isinstance(run.trainer.optimizer_generator, ClippedRMSprop)
     g0 = {k: v.clone() for k, v in run.trainer.generator.state_dict().items()}
     c0 = {k: v.clone() for k, v in run.trainer.discriminator.state_dict().items()}
     rng0 = torch.get_rng_state()
@@ -85,7 +92,7 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
         assert 0 <= int(r["modes"]) <= 8 and r["modes_total"] == "8"
         assert float(r["w1"]) > 0 and math.isfinite(float(r["critic_w"]))
     cfg = json.load(open(os.path.join(out, "config.json")))
-    assert (cfg["loss"], cfg["c"], cfg["n_critic"], cfg["optimizer"], cfg["batch_size"]) == ("clip", 0.01, 5, "rmsprop", 64)
+    assert (cfg["loss"], cfg["c"], cfg["n_critic"], cfg["optimizer"], cfg["batch_size"]) == ("clip", 0.01, 5, "clipped-rmsprop", 64)
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["generator_iterations"] == 30 and summary["interrupted"] is False
     assert summary["final"]["w1"] == pytest.approx(float(rows[-1]["w1"]))
@@ -303,7 +310,7 @@ def test_atomic_checkpoint_leaves_old_file_on_failure(tmp_path) -> None:
 
 def test_defaults_are_algorithm1_with_the_toy_lr() -> None:
     cfg = T.resolve_config(T.TrainConfig())
-    assert (cfg.dataset, cfg.loss, cfg.c, cfg.n_critic, cfg.batch_size, cfg.optimizer) == ("8gaussians", "clip", 0.01, 5, 64, "rmsprop")
+    assert (cfg.dataset, cfg.loss, cfg.c, cfg.n_critic, cfg.batch_size, cfg.optimizer) == ("8gaussians", "clip", 0.01, 5, 64, "clipped-rmsprop")
     assert (cfg.lr, cfg.iterations) == (T.TOY_DEFAULTS["lr"], T.TOY_DEFAULTS["iterations"])
     images = T.resolve_config(T.TrainConfig(dataset="mnist"))
     assert (images.lr, images.arch, images.image_size) == (5e-5, "dcgan", 32)
@@ -318,6 +325,7 @@ def test_defaults_are_algorithm1_with_the_toy_lr() -> None:
     ({"dataset": "imagenet"}, "unknown dataset"),
     ({"epochs": 2}, "use --iterations"),
     ({"dataset": "digits", "arch": "dcgan"}, "power of 2"),
+    ({"loss": "gp", "optimizer": "clipped-rmsprop"}, "clips the critic's weights: give --c"),
 ])
 def test_bad_config(kw, msg) -> None:
     with pytest.raises(T.TrainError, match=msg):

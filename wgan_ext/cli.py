@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reach the same exact W1 (measured), too slow for a first run; the rest of Algorithm 1 "
                         "(RMSProp, c, n_critic, m) is unchanged")
     a.add_argument("--optimizer", choices=OPTIMIZERS, default=S,
-                   help=f"rmsprop (paper) or adam (betas {ADAM_BETAS[0]:g}, {ADAM_BETAS[1]:g}; the default for gp)")
+                   help="clipped-rmsprop (the default with weight clipping: the paper's RMSProp with the clip "
+                        "fused into the critic's step), rmsprop (RMSProp, then a separate clip) or adam (betas "
+                        f"{ADAM_BETAS[0]:g}, {ADAM_BETAS[1]:g}; the default for gp)")
     a.add_argument("--gp-lambda", type=_float, default=S,
                    help=f"gradient-penalty weight for --loss gp (default {cfg.gp_lambda:g})")
     r = t.add_argument_group("run length")

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import Backend, fused_clip_, resolve_bounds
+from .ops import Backend, FusedClipper, fused_clip_, resolve_bounds
+from .optim import ClippedRMSprop
 
 __all__ = [
     "PAPER_LR",
@@ -408,7 +409,7 @@ def critic_step(
     fake: Tensor,
     *,
     objective: str = "wasserstein",
-    clip: Optional[Clip] = None,
+    clip: Union[Clip, FusedClipper, None] = None,
     clip_placement: str = "after",
     lambd: float = 0.0,
     reduction: str = "mean",
@@ -427,6 +428,10 @@ def critic_step(
     5. (``clip_placement="after"``, the default: :func:`wgan_ext.fused_clip_` on every parameter
        of ``critic`` -- Algorithm 1 line 7, so the critic the generator sees is clipped)
 
+    With a :class:`wgan_ext.ClippedRMSprop` as ``optimizer``, step 4 already clips every
+    parameter (one fused pass): there is no second clip, ``clip`` must be ``None`` or the
+    optimizer's own bounds, and ``clip_placement="before"`` is refused.
+
     Args:
         critic: the module whose parameters are clipped (and, unless ``real_fn`` /
             ``fake_fn`` are given, called).
@@ -434,7 +439,8 @@ def critic_step(
         real: a batch of real data.
         fake: a batch of generated data; detached here.
         objective: ``"wasserstein"`` or ``"hinge"``.
-        clip: ``None`` (no clipping), ``c`` or ``(lo, hi)``.
+        clip: ``None`` (no clipping), ``c``, ``(lo, hi)``, or a :class:`wgan_ext.FusedClipper`
+            holding the critic's parameters (it clips them, with its own bounds).
         clip_placement: ``"after"`` (Algorithm 1) or ``"before"`` the optimizer step.
         lambd: gradient-penalty weight; 0 for none (10 for WGAN-GP).
         reduction: ``"mean"`` or ``"sum"`` (a scalar is needed).
@@ -449,16 +455,26 @@ def critic_step(
             ``reduction``, before anything is computed or modified.
     """
     loss_fn = _objective(objective, _CRITIC_OBJECTIVES)
-    bounds = resolve_clip(clip)
+    clipper = clip if isinstance(clip, FusedClipper) else None
+    bounds = (clipper.lo, clipper.hi) if clipper is not None else resolve_clip(clip)
     if clip_placement not in CLIP_PLACEMENTS:
         raise ValueError(f"clip_placement must be one of {CLIP_PLACEMENTS}, got {clip_placement!r}")
+    if isinstance(optimizer, ClippedRMSprop):
+        _check_clipping_optimizer(critic, optimizer, bounds, clip_placement)
+        bounds = None  # the optimizer's step clips
     lambd = _check_lambda(lambd)
     check_reduction(reduction, scalar=True)
     f_r = critic if real_fn is None else real_fn
     f_g = critic if fake_fn is None else fake_fn
 
+    def clip_critic() -> None:
+        if clipper is not None:
+            clipper()
+        else:
+            fused_clip_(critic, bounds, backend=clip_backend)
+
     if bounds is not None and clip_placement == "before":
-        fused_clip_(critic, bounds, backend=clip_backend)
+        clip_critic()
     optimizer.zero_grad()
     fake = fake.detach()
     f_real = f_r(real)
@@ -472,7 +488,7 @@ def critic_step(
     loss.backward()
     optimizer.step()
     if bounds is not None and clip_placement == "after":
-        fused_clip_(critic, bounds, backend=clip_backend)
+        clip_critic()
 
     # One host sync for all logged numbers.
     stats = [loss.detach(), wasserstein_estimate(f_real.detach(), f_fake.detach())]
@@ -480,6 +496,22 @@ def critic_step(
         stats.append(penalty.detach())
     values = torch.stack([s.float() for s in stats]).tolist()
     return CriticStep(values[0], values[1], values[2] if penalty is not None else None)
+
+
+def _check_clipping_optimizer(critic: nn.Module, optimizer: ClippedRMSprop,
+                              bounds: Optional[Tuple[float, float]], clip_placement: str) -> None:
+    """Raise ``ValueError`` unless ``optimizer.step()`` clips every critic parameter to ``bounds``
+    (when given), after the step."""
+    if clip_placement == "before":
+        raise ValueError("clip_placement='before' needs an optimizer that does not clip: ClippedRMSprop "
+                         "clips every parameter after its update")
+    done = optimizer.bounds_for(critic.parameters())
+    if done is None:
+        raise ValueError("the critic's ClippedRMSprop does not clip every critic parameter to one (lo, hi): "
+                         "give it all of critic.parameters() (one clip value), or use torch.optim.RMSprop")
+    if bounds is not None and done != bounds:
+        raise ValueError(f"clip={bounds} but the critic's ClippedRMSprop clips to {done}: make them equal, "
+                         "or pass clip=None")
 
 
 def generator_step(

@@ -91,7 +91,8 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 from . import functional as WF
 from . import torchgan_compat
 from .functional import Clip, CriticSchedule
-from .ops import Backend
+from .ops import Backend, FusedClipper, _collect
+from .optim import ClippedRMSprop
 
 torchgan_compat.apply()
 
@@ -529,6 +530,7 @@ class CriticLossBase(DiscriminatorLoss):
         self.last_penalty: Optional[float] = None
         self._warned_skip = False
         self._warned_foreign = False
+        self._clipper: Optional[FusedClipper] = None  # see _clip_for
 
     # -- schedule and counts (kept in the shared counter) -------------------------------------
 
@@ -627,7 +629,7 @@ class CriticLossBase(DiscriminatorLoss):
             real_inputs,
             fake,
             objective=self._objective,
-            clip=self.clip,
+            clip=self._clip_for(discriminator, optimizer_discriminator),
             clip_placement=self.clip_placement,
             lambd=self.lambd,
             reduction=self.reduction,
@@ -638,6 +640,29 @@ class CriticLossBase(DiscriminatorLoss):
         value = step.loss if self._objective == "hinge" else step.wasserstein
         self._record(value, step.wasserstein, step.loss, step.penalty)
         return value
+
+    def _clip_for(self, critic: Any, optimizer: Any) -> Union[Clip, FusedClipper, None]:
+        """What the critic step clips with: the bounds (``fused_clip_`` collects the parameters at
+        each call); for a CUDA critic a :class:`FusedClipper` of its parameters instead, for its
+        device-resident table, kept while they are the same tensors. Nothing to clip if the
+        optimizer is a :class:`ClippedRMSprop` (its step clips)."""
+        if self.clip is None or self.clip_backend == "torch" or isinstance(optimizer, ClippedRMSprop):
+            self._clipper = None
+            return self.clip
+        params = _collect(critic)
+        if not params or not params[0].is_cuda:
+            self._clipper = None
+            return self.clip
+        held = self._clipper.tensors if self._clipper is not None else []
+        if len(held) != len(params) or any(a is not b for a, b in zip(held, params)):
+            self._clipper = FusedClipper(list(params), self.clip, backend=self.clip_backend)
+        return self._clipper
+
+    def __getstate__(self) -> dict:
+        # The clipper holds the critic's tensors and a device table: never copied or pickled.
+        state = dict(self.__dict__)
+        state["_clipper"] = None
+        return state
 
     def _record(self, value: Any, wasserstein: Optional[float], loss: Optional[float], penalty: Optional[float]) -> None:
         self.counter.record_critic_update()

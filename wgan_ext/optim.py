@@ -20,7 +20,10 @@ from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 from torch.optim.rmsprop import rmsprop as _rmsprop_step
 
 from . import _ext
+from .distributed import local_tensor
 from .ops import SUPPORTED_DTYPES, Bounds, fused_clip_, resolve_bounds
+
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 __all__ = ["ClippedRMSprop", "rmsprop_clip_", "kernel_available"]
 
@@ -128,6 +131,12 @@ def rmsprop_clip_(params: list, grads: list, square_avgs: list, grad_avgs: list,
     if not devices:
         return
     if _use_kernel(next(iter(devices)), fused):
+        if any(type(t) not in _PLAIN for t in (*params, *clip_only)):
+            # DTensor parameters (FSDP2): the update is elementwise, so each rank steps its local
+            # shards of parameters, gradients and state (the op checks that their shapes agree).
+            params, grads, square_avgs, grad_avgs, momentum_buffers, clip_only = (
+                [local_tensor(t) for t in lst]
+                for lst in (params, grads, square_avgs, grad_avgs, momentum_buffers, clip_only))
         lr_tensor = lr if isinstance(lr, Tensor) else None
         torch.ops.wgan_ext.rmsprop_clip_(
             params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, clip_only,

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 LOSSES = ("clip", "gp", "hinge")
-OPTIMIZERS = ("rmsprop", "adam")
+OPTIMIZERS = ("clipped-rmsprop", "rmsprop", "adam")
 SCHEDULES = ("constant", "paper")
 ARCHS = ("mlp", "dcgan")
 
@@ -139,8 +139,11 @@ def resolve_config(cfg: TrainConfig, source: Optional[D.DataSource] = None) -> T
     if c.loss in ("clip", "hinge") and c.c is None:
         c.c = WF.PAPER_C  # Algorithm 1; seed 001's hinge WGAN clips the same way
     if c.optimizer is None:
-        c.optimizer = "adam" if c.loss == "gp" else "rmsprop"  # WGAN-GP uses Adam, WGAN RMSProp
+        # WGAN-GP uses Adam; the clipped WGANs RMSProp, with the clip fused into its step.
+        c.optimizer = "adam" if c.loss == "gp" else "clipped-rmsprop"
     _check(c.optimizer in OPTIMIZERS, f"unknown optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    _check(c.optimizer != "clipped-rmsprop" or c.c is not None,
+           "--optimizer clipped-rmsprop clips the critic's weights: give --c, or use --optimizer rmsprop")
     if c.lr is None:
         c.lr = GP_LR if c.loss == "gp" else defaults["lr"]
     _check(math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}")

@@ -20,12 +20,20 @@ __all__ = ["optimizer_specs", "build_network", "build_losses", "build_trainer", 
 
 
 def optimizer_specs(cfg: TrainConfig) -> Dict[str, Dict[str, Any]]:
-    """torchgan optimizer specs (``{"name": class, "args": {...}}``) of the generator and critic."""
+    """torchgan optimizer specs (``{"name": class, "args": {...}}``) of the generator and critic.
+
+    ``clipped-rmsprop``: the critic's RMSProp step clips every critic weight to [-c, c] in the
+    same pass (:class:`wgan_ext.ClippedRMSprop`; the critic loss then clips nothing itself);
+    the generator's is plain RMSProp."""
     if cfg.optimizer == "adam":
         spec = {"name": torch.optim.Adam, "args": {"lr": cfg.lr, "betas": ADAM_BETAS}}  # WGAN-GP's Adam
-    else:
-        spec = {"name": torch.optim.RMSprop, "args": {"lr": cfg.lr}}  # Algorithm 1
-    return {name: {"name": spec["name"], "args": dict(spec["args"])} for name in ("generator", "discriminator")}
+        return {name: {"name": spec["name"], "args": dict(spec["args"])} for name in ("generator", "discriminator")}
+    specs = {name: {"name": torch.optim.RMSprop, "args": {"lr": cfg.lr}} for name in ("generator", "discriminator")}
+    if cfg.optimizer == "clipped-rmsprop":
+        from .optim import ClippedRMSprop
+
+        specs["discriminator"] = {"name": ClippedRMSprop, "args": {"lr": cfg.lr, "clip": cfg.c}}
+    return specs
 
 
 def build_network(cfg: TrainConfig, source: D.DataSource) -> Dict[str, Dict[str, Any]]:
