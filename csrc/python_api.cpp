@@ -9,6 +9,8 @@
 // storages it writes, for its own length only.
 #include <Python.h>
 
+#include "python_module.h"
+
 #include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -338,15 +340,4 @@ PyMethodDef methods[] = {
 }  // namespace
 }  // namespace wgan_ext
 
-#define WGAN_EXT_CONCAT_(a, b) a##b
-#define WGAN_EXT_CONCAT(a, b) WGAN_EXT_CONCAT_(a, b)
-#define WGAN_EXT_STR_(a) #a
-#define WGAN_EXT_STR(a) WGAN_EXT_STR_(a)
-
-// TORCH_EXTENSION_NAME is set by torch.utils.cpp_extension: `_C` for the pip build, `wgan_ext_C`
-// for the build on first use.
-extern "C" PyObject* WGAN_EXT_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
-  static PyModuleDef def = {PyModuleDef_HEAD_INIT, WGAN_EXT_STR(TORCH_EXTENSION_NAME),
-                            "wgan-ext's compiled CPU library", -1, wgan_ext::methods};
-  return PyModule_Create(&def);
-}
+WGAN_EXT_PYTHON_MODULE("wgan-ext's compiled CPU library", wgan_ext::methods)

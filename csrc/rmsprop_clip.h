@@ -4,6 +4,8 @@
 // the per-tensor ATen path for tensors the kernels cannot walk as one flat block.
 #pragma once
 
+#include "fused_clip.h"  // the supported dtypes, their names, bump_versions
+
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/core/InferenceMode.h>
@@ -25,10 +27,6 @@ struct Args {
   double lo, hi;
 };
 
-inline bool supported(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 // One flat walk over memory is the elementwise update only if every tensor of the index is one
 // gap-free block laid out like the parameter (size-1 dims may have any stride).
 inline bool same_layout(const at::Tensor& p, const at::Tensor& t) {
@@ -46,14 +44,16 @@ inline void check_list(const char* name, at::TensorList list, at::TensorList par
     const auto& t = list[i];
     TORCH_CHECK_TYPE(t.defined(), "rmsprop_clip_: ", name, "[", i, "] is undefined");
     TORCH_CHECK_TYPE(t.layout() == at::kStrided, "rmsprop_clip_: ", name, "[", i,
-        "] has layout ", t.layout(), "; only dense (strided) tensors are supported");
-    TORCH_CHECK_TYPE(supported(t.scalar_type()), "rmsprop_clip_: ", name, "[", i, "] has dtype ",
-        t.scalar_type(), "; supported: Half, BFloat16, Float, Double");
+        "] has layout ", layout_name(t.layout()), "; only dense (strided) tensors are supported");
+    TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()), "rmsprop_clip_: ", name, "[", i,
+        "] has dtype ", dtype_name(t.scalar_type()),
+        "; supported: torch.float16, torch.bfloat16, torch.float32, torch.float64");
     TORCH_CHECK_VALUE(t.device() == device, "rmsprop_clip_: all tensors must be on one device; ",
         "params[0] is on ", device, ", ", name, "[", i, "] on ", t.device());
     if (!params.empty() && list.data() != params.data()) {
       TORCH_CHECK_TYPE(t.scalar_type() == params[i].scalar_type(), "rmsprop_clip_: ", name, "[",
-          i, "] has dtype ", t.scalar_type(), " but params[", i, "] has ", params[i].scalar_type());
+          i, "] has dtype ", dtype_name(t.scalar_type()), " but params[", i, "] has ",
+          dtype_name(params[i].scalar_type()));
       TORCH_CHECK_VALUE(t.sizes() == params[i].sizes(), "rmsprop_clip_: ", name, "[", i,
           "] has shape ", t.sizes(), " but params[", i, "] has ", params[i].sizes());
     }
@@ -157,7 +157,18 @@ inline double host_lr(const Args& a) {
 inline void bump_versions(const Args& a) {
   for (const auto* list : {&a.params, &a.square_avgs, &a.grad_avgs, &a.momentum_buffers,
                            &a.steps, &a.clip_only}) {
-    for (const auto& t : *list) t.unsafeGetTensorImpl()->bump_version();
+    wgan_ext::bump_versions(*list);
+  }
+}
+
+// step += 1 for the steps kept on the host, in each step's own dtype (float or double).
+inline void increment_host_steps(at::TensorList steps) {
+  for (const auto& s : steps) {
+    if (s.scalar_type() == at::kFloat) {
+      *s.data_ptr<float>() += 1.0f;
+    } else {
+      *s.data_ptr<double>() += 1.0;
+    }
   }
 }
 

@@ -317,13 +317,7 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     for (const size_t i : by_aten) aten_step(a, i, lr_value);
     for (auto& c : clamp_aten) c.clamp_(lo, hi);
   }
-  for (const auto& s : steps) {  // step += 1, in the step's own dtype
-    if (s.scalar_type() == at::kFloat) {
-      *s.data_ptr<float>() += 1.0f;
-    } else {
-      *s.data_ptr<double>() += 1.0;
-    }
-  }
+  increment_host_steps(steps);
   bump_versions(a);
 }
 

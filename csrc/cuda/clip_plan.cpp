@@ -16,6 +16,8 @@
 // stay alive.
 #include <Python.h>
 
+#include "../python_module.h"
+
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/object_ptr.h>
@@ -174,14 +176,4 @@ PyMethodDef methods[] = {
 }  // namespace cuda
 }  // namespace wgan_ext
 
-#define WGAN_EXT_CONCAT_(a, b) a##b
-#define WGAN_EXT_CONCAT(a, b) WGAN_EXT_CONCAT_(a, b)
-#define WGAN_EXT_STR_(a) #a
-#define WGAN_EXT_STR(a) WGAN_EXT_STR_(a)
-
-// TORCH_EXTENSION_NAME: `_C_cuda` for the pip build, `wgan_ext_C_cuda` for the build on first use.
-extern "C" PyObject* WGAN_EXT_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
-  static PyModuleDef def = {PyModuleDef_HEAD_INIT, WGAN_EXT_STR(TORCH_EXTENSION_NAME),
-                            "wgan-ext's compiled CUDA library", -1, wgan_ext::cuda::methods};
-  return PyModule_Create(&def);
-}
+WGAN_EXT_PYTHON_MODULE("wgan-ext's compiled CUDA library", wgan_ext::cuda::methods)

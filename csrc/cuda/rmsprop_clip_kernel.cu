@@ -271,13 +271,7 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
     for (auto& c : clamp_aten) c.clamp_(lo, hi);
     for (auto& s : aten_steps) s.add_(1);
   }
-  for (const auto& s : host_steps) {
-    if (s.scalar_type() == at::kFloat) {
-      *s.data_ptr<float>() += 1.0f;
-    } else {
-      *s.data_ptr<double>() += 1.0;
-    }
-  }
+  increment_host_steps(host_steps);
   bump_versions(a);
 }
 
