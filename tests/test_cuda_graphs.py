@@ -6,7 +6,8 @@
 * The same step under torch.compile(mode="reduce-overhead").
 * A clip issued on a side stream is ordered with that stream's work; a FusedClipper table built
   on one stream is safe to use from another.
-* Kernel launches per call: one per dtype for the clipper, one per 1,500 memory runs for the op.
+* Kernel launches per call: one per dtype for the clipper, one per 1,500 memory runs for the op
+  (190 with CUDA before 13).
 """
 
 from __future__ import annotations
@@ -153,5 +154,6 @@ def test_launches_per_call():
     assert _kernels_per_call(lambda: fused_clip_(small, C)) == 1
     assert _kernels_per_call(FusedClipper(small, C)) == 1
     assert _kernels_per_call(FusedClipper(many, C)) == 1  # the table holds any number of runs
-    assert _kernels_per_call(lambda: fused_clip_(many, C)) == 3  # 1,500 runs per launch
+    runs_per_launch = 1500 if int(torch.version.cuda.split(".")[0]) >= 13 else 190  # kernel-argument space
+    assert _kernels_per_call(lambda: fused_clip_(many, C)) == -(-3200 // runs_per_launch)
     assert _kernels_per_call(FusedClipper(mixed, C)) == 2  # one per dtype

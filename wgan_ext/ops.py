@@ -11,7 +11,8 @@ the pure-PyTorch fallback (:mod:`wgan_ext.fallback`) runs the same checks in Pyt
 
 The checks exist once per path: in C++ (``csrc/fused_clip.h``, shared by the op's kernels and
 this entry) and, for the fallback only, in Python. Errors raised inside the extension are plain
-Python exceptions; there is no second layer of Python checks in front of the kernels.
+Python exceptions (checked on CPU; on a GPU machine scripts/gpu_check.sh checks it, and one
+earlier build there crashed instead), so there is no second layer of Python checks in front.
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ class FusedClipper:
     per device and dtype, rebuilt only when a call's check sees that memory moved: a call is
     then the check plus one kernel launch, with no allocation and no host-to-device copy. A call
     captured in a CUDA graph passes the tensors as kernel arguments instead (one launch per
-    1,500 memory runs), so a replay never reads a table that a later call may have freed.
+    1,500 memory runs with CUDA 13, 190 before), so a replay never reads a table that a later
+    call may have freed.
 
     Args:
         critic, c, backend: as for :func:`fused_clip_`. An iterator (``critic.parameters()``)

@@ -25,18 +25,15 @@ constexpr int kThreads = 256;
 constexpr int kVecBytes = 16;  // 128-bit loads and stores
 constexpr int kUnroll = 4;     // vectors loaded before any is stored
 
-// CUDA 13 builds may use 32 KB of kernel parameters (sm_70+); older toolkits 4 KB.
-#if defined(CUDART_VERSION) && CUDART_VERSION >= 13000
-constexpr int kArgRuns = 1500;  // 20 bytes each: 30 KB
-#else
-constexpr int kArgRuns = 190;   // 3.8 KB
-#endif
+constexpr int kArgRuns = kKernelArgBytes > 4096 ? 1500 : 190;  // 20 bytes each
 struct ArgMeta {
   int64_t ptr[kArgRuns];
   int64_t len[kArgRuns];
   int32_t chunk_end[kArgRuns];
   int32_t n;
 };
+
+static_assert(sizeof(ArgMeta) + 16 <= kKernelArgBytes, "kernel arguments exceed the limit");
 
 struct TableMeta {
   const int64_t* ptr;

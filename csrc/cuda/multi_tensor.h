@@ -18,6 +18,14 @@ namespace cuda {
 
 constexpr int64_t kChunkBytes = 128 * 1024;  // per block: enough loads in flight, few blocks
 
+// Kernel-argument space for metadata passed by value: 32 KB from CUDA 12.1 on sm_70+; like ATen's
+// MultiTensorApply.cuh, this uses it from CUDA 13 on, and 4 KB before.
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 13000
+constexpr int kKernelArgBytes = 32764;
+#else
+constexpr int kKernelArgBytes = 4096;
+#endif
+
 inline int64_t chunk_elems(at::ScalarType dtype) {
   return kChunkBytes / static_cast<int64_t>(c10::elementSize(dtype));
 }

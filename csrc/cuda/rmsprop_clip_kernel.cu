@@ -2,8 +2,8 @@
 // tensor, many tensors per launch.
 //
 // Multi-tensor apply in the manner of ATen's MultiTensorApply.cuh: the tensors' addresses and
-// the block -> (tensor, chunk) map travel in the kernel's arguments (up to 32 KB of them since
-// CUDA 12.1 on sm_70+), so a launch reads no host-written table and a CUDA graph replays it as
+// the block -> (tensor, chunk) map travel in the kernel's arguments (kKernelArgBytes: 32 KB with
+// CUDA 13), so a launch reads no host-written table and a CUDA graph replays it as
 // captured; a call with more tensors or chunks than one launch holds makes several launches.
 // The functor is rmsprop_clip_math.h's update (the _rn intrinsics there are never contracted).
 // The learning rate is read in the kernel when it is a device tensor (capturable: a scheduler
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../rmsprop_clip.h"
+#include "multi_tensor.h"  // kKernelArgBytes
 #include "../rmsprop_clip_math.h"
 
 namespace wgan_ext::rmsprop {
@@ -29,8 +30,8 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kILP = 4;                                // elements per thread per iteration
 constexpr int64_t kChunk = int64_t{kThreads} * kILP * 8;  // elements per block
-constexpr int kMaxTensors = 192;
-constexpr int kMaxBlocks = 2560;
+constexpr int kMaxTensors = cuda::kKernelArgBytes > 4096 ? 192 : 24;
+constexpr int kMaxBlocks = cuda::kKernelArgBytes > 4096 ? 2560 : 320;
 
 struct Meta {
   void* p[kMaxTensors];
@@ -44,7 +45,7 @@ struct Meta {
   uint16_t block_tensor[kMaxBlocks];
   int32_t block_chunk[kMaxBlocks];
 };
-static_assert(sizeof(Meta) + 256 <= 32764, "kernel arguments exceed CUDA's 32 KB limit");
+static_assert(sizeof(Meta) + 256 <= cuda::kKernelArgBytes, "kernel arguments exceed the limit");
 constexpr uint8_t kAligned = 1, kStepDouble = 2;
 
 template <typename T>
