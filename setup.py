@@ -24,13 +24,14 @@ Build without isolation so the extension is compiled against the torch you will 
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# -g0 overrides the -g in Python's own CFLAGS: debug info was 10 MB of a 350 KB library.
+# -g0 overrides the -g in Python's own CFLAGS: a wheel carries no debug info.
 CXX_FLAGS = ["-O3", "-g0"]  # torch.utils.cpp_extension picks the -std its headers need
 # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially.
 # Linking libgomp.so.1 reuses the copy torch already loaded (same soname).
@@ -39,11 +40,11 @@ OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
 # math errno lets sqrt vectorise (ATen is built the same way).
 FP_FLAGS = [] if sys.platform == "win32" else ["-ffp-contract=off", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+SOURCES = runpy.run_path(os.path.join(ROOT, "wgan_ext", "_sources.py"))  # shared with first-use builds
 
 
-def _rel(*parts: str) -> str:
-    return os.path.join(*parts)
+def _csrc(names) -> list:
+    return [os.path.join("csrc", *name.split("/")) for name in names]
 
 
 def _default_cuda_home() -> None:
@@ -59,6 +60,10 @@ def _flag(name: str) -> str:
     return os.environ.get(name, "").strip().lower()
 
 
+def _forced() -> bool:
+    return _flag("WGAN_EXT_CUDA") in ("1", "true", "yes") or _flag("FORCE_CUDA") in ("1", "true", "yes")
+
+
 def _want_cuda() -> bool:
     """Whether to build the CUDA extension; raises if it was asked for and cannot be built."""
     import torch
@@ -66,7 +71,7 @@ def _want_cuda() -> bool:
 
     if _flag("WGAN_EXT_CUDA") in ("0", "false", "no"):
         return False
-    forced = _flag("WGAN_EXT_CUDA") in ("1", "true", "yes") or _flag("FORCE_CUDA") in ("1", "true", "yes")
+    forced = _forced()
     home = cpp_extension.CUDA_HOME
     nvcc = os.path.join(home, "bin", "nvcc") if home else None
     missing = ("torch is not a CUDA build" if torch.version.cuda is None
@@ -99,9 +104,7 @@ def _extensions() -> tuple[list, dict]:
     exts = [
         cpp_extension.CppExtension(
             name="wgan_ext._C",
-            sources=[_rel("csrc", "fused_clip.cpp"), _rel("csrc", "cpu", "fused_clip_kernel.cpp"),
-                     _rel("csrc", "python_api.cpp"), _rel("csrc", "rmsprop_clip.cpp"),
-                     _rel("csrc", "cpu", "rmsprop_clip_kernel.cpp")],
+            sources=_csrc(SOURCES["CPU"]),
             extra_compile_args={"cxx": CXX_FLAGS + OPENMP_FLAGS + FP_FLAGS},
             extra_link_args=OPENMP_FLAGS,
         )
@@ -111,17 +114,15 @@ def _extensions() -> tuple[list, dict]:
 
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             # No GPU to detect: compile for Ampere and Hopper, plus PTX for newer parts.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+            os.environ["TORCH_CUDA_ARCH_LIST"] = SOURCES["DEFAULT_CUDA_ARCH_LIST"]
         exts.append(
             cpp_extension.CUDAExtension(
                 name="wgan_ext._C_cuda",
-                sources=[_rel("csrc", "cuda", "fused_clip_kernel.cu"), _rel("csrc", "cuda", "clip_plan.cpp"),
-                         _rel("csrc", "cuda", "rmsprop_clip_kernel.cu")],
+                sources=_csrc(SOURCES["CUDA"]),
                 extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
                 # A broken toolkit must not cost a user the install: unless it was asked for (CI
                 # asks), a failed CUDA build is a warning and the kernel compiles on first use.
-                optional=_flag("WGAN_EXT_CUDA") not in ("1", "true", "yes")
-                and _flag("FORCE_CUDA") not in ("1", "true", "yes"),
+                optional=not _forced(),
             )
         )
     return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}

@@ -1,7 +1,8 @@
 """How the kernels get built: setup.py's choice of extensions, and the first-use (JIT) build.
 
-The compilers are replaced by fakes here (each real build takes minutes); CI builds for real:
-`bash .ci/run` compiles both libraries and a wheel with a CUDA_HOME that holds no nvcc.
+The compilers are replaced by fakes in most tests here; one test compiles the CPU library on first
+use for real, and `bash .ci/run` compiles both libraries and a wheel with a CUDA_HOME that holds
+no nvcc.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ def _toolkit(tmp_path: Path, with_nvcc: bool) -> str:
     return str(home)
 
 
-def test_setup_and_jit_share_the_default_arch_list(setup_py):
-    assert setup_py["DEFAULT_ARCH_LIST"] == _ext.DEFAULT_CUDA_ARCH_LIST
+def test_every_kernel_source_is_built_and_exists():
+    # setup.py and the first-use build compile wgan_ext/_sources.py's lists: no file left out.
+    from wgan_ext import _sources
+
+    listed = {*_sources.CPU, *_sources.CUDA}
+    on_disk = {str(p.relative_to(ROOT / "csrc")) for ext in ("cpp", "cu") for p in (ROOT / "csrc").rglob(f"*.{ext}")}
+    assert listed == on_disk
 
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
@@ -104,7 +110,8 @@ def test_cuda_build_without_a_gpu_uses_the_default_arch_list(monkeypatch, capsys
     calls: list = []
     monkeypatch.setattr(cpp_extension, "load", _fake_load(calls))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # recorded, so the value _jit sets is undone
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
     _ext._jit("wgan_ext_C_cuda", [], cuda=True)
     assert calls[-1][1] == _ext.DEFAULT_CUDA_ARCH_LIST
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # a user's choice wins
@@ -132,3 +139,35 @@ def test_no_gpu_no_cuda_jit_build(monkeypatch, tmp_path):
     monkeypatch.setenv("WGAN_EXT_CUDA", "1")
     st = _ext._load("cuda")
     assert "no nvcc in CUDA_HOME" in st.reason and calls == []
+
+
+@pytest.mark.slow
+def test_a_real_first_use_build_of_the_cpu_library(tmp_path):
+    # Without the pip-built wgan_ext._C, the CPU library compiles on first use (a minute or two):
+    # it must come back as a Python module with every op, and say so on stderr.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['wgan_ext._C'] = None\n"
+        "import torch\n"
+        "from wgan_ext import ClippedRMSprop, _ext, fused_clip_\n"
+        "from wgan_ext.optim import kernel_available\n"
+        "st = _ext.status('cpu')\n"
+        "assert st.how == 'jit', st.reason\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))\n"
+        "assert [id(p) for p in st.module.parameters(m)] == [id(p) for p in m.parameters()]\n"
+        "with torch.no_grad():\n"
+        "    for p in m.parameters(): p.normal_()\n"
+        "want = [p.detach().clamp(-0.01, 0.01) for p in m.parameters()]\n"
+        "fused_clip_(m, 0.01)\n"
+        "assert all(torch.equal(p.detach(), w) for p, w in zip(m.parameters(), want))\n"
+        "assert kernel_available('cpu')\n"
+        "print('ok', st.how)\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["ok", "jit"]
+    assert "wgan-ext: compiling the CPU kernel of fused_clip_ on first use" in proc.stderr
+    assert "wgan-ext: compiled the CPU kernel of fused_clip_." in proc.stderr

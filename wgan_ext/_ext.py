@@ -6,11 +6,11 @@ Order for each backend (``"cpu"``: schema + CPU kernel; ``"cuda"``: the CUDA ker
 2. a just-in-time build of the shipped sources with ``torch.utils.cpp_extension.load`` (ninja),
    cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) so it happens once
    per torch version and source change;
-3. nothing: the caller uses the pure-PyTorch reference, and :func:`available` warns once why.
+3. nothing: the caller uses the pure-PyTorch fallback, and :func:`available` warns once why.
 
 Step 2 prints one line to stderr when it starts (what, where it is cached, how to avoid it) and
 one when it is done or has failed; the CUDA kernel is only compiled where a GPU is visible (or
-with ``WGAN_EXT_CUDA=1``). Environment: ``WGAN_EXT_JIT=0`` disables step 2;
+with ``WGAN_EXT_CUDA=1`` / ``FORCE_CUDA=1``). Environment: ``WGAN_EXT_JIT=0`` disables step 2;
 ``WGAN_EXT_VERBOSE_BUILD=1`` shows the compiler; ``TORCH_CUDA_ARCH_LIST`` picks the CUDA
 architectures (default :data:`DEFAULT_CUDA_ARCH_LIST` when no GPU is visible to detect).
 """
@@ -28,12 +28,12 @@ from typing import Any, Optional
 
 import torch
 
+from . import _sources
+
 __all__ = ["available", "is_loaded", "require", "status", "peek", "source_dir", "cpu_library",
            "cuda_library", "BackendStatus", "DEFAULT_CUDA_ARCH_LIST"]
 
-# Compiled for when no GPU is visible to detect (setup.py uses the same list): Ampere and Hopper,
-# plus PTX that newer GPUs compile on load.
-DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+DEFAULT_CUDA_ARCH_LIST = _sources.DEFAULT_CUDA_ARCH_LIST  # setup.py uses the same list
 
 _PKG_DIR = Path(__file__).resolve().parent
 
@@ -191,7 +191,8 @@ def _load(name: str) -> BackendStatus:
         from torch.utils import cpp_extension
 
         home = cpp_extension.CUDA_HOME
-        forced = os.environ.get("WGAN_EXT_CUDA", "").strip().lower() in ("1", "true", "yes")
+        forced = any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes")
+                     for flag in ("WGAN_EXT_CUDA", "FORCE_CUDA"))
         missing = ("no CUDA toolkit found for a JIT build (set CUDA_HOME)" if home is None
                    else f"no nvcc in CUDA_HOME={home} for a JIT build"
                    if not os.path.isfile(os.path.join(home, "bin", "nvcc"))
@@ -200,13 +201,10 @@ def _load(name: str) -> BackendStatus:
         if missing:
             st.reason = "; ".join(st.attempts + [missing])
             return st
-        sources = [src / "cuda" / "fused_clip_kernel.cu", src / "cuda" / "clip_plan.cpp",
-                   src / "cuda" / "rmsprop_clip_kernel.cu"]
-        jit_name = "wgan_ext_C_cuda"
+        names, jit_name = _sources.CUDA, "wgan_ext_C_cuda"
     else:
-        sources = [src / "fused_clip.cpp", src / "cpu" / "fused_clip_kernel.cpp", src / "python_api.cpp",
-                   src / "rmsprop_clip.cpp", src / "cpu" / "rmsprop_clip_kernel.cpp"]
-        jit_name = "wgan_ext_C"
+        names, jit_name = _sources.CPU, "wgan_ext_C"
+    sources = [src.joinpath(*name.split("/")) for name in names]
     try:
         built = _jit(jit_name, sources, cuda=name == "cuda")
     except Exception as e:  # compiler missing, build error, ninja missing...
