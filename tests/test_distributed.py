@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from _dist_util import COLLECTIVE_TIMEOUT, spawn
+
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                        reason="this torch has no torch.distributed with gloo"),
@@ -48,13 +50,13 @@ def _critic_step(critic, opt, real, fake, clip) -> None:
 
 
 def _spawn(fn, tmp: str, *args) -> None:
-    torch.multiprocessing.spawn(fn, args=(tmp, *args), nprocs=WORLD, join=True)
+    spawn(fn, (tmp, *args), nprocs=WORLD)
 
 
 def _init(rank: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'rendezvous')}",
-                            rank=rank, world_size=WORLD)
+                            rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
 
 
 def _ddp_worker(rank: int, tmp: str) -> None:

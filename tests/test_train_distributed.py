@@ -25,6 +25,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from _dist_util import COLLECTIVE_TIMEOUT, spawn  # noqa: E402
+
 from wgan_ext import cli
 from wgan_ext import data as D
 from wgan_ext import train as T
@@ -197,7 +199,7 @@ def _cfg(tmp: str, name: str) -> T.TrainConfig:
 def _ddp_worker(rank: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'rendezvous')}", rank=rank,
-                            world_size=2)
+                            world_size=2, timeout=COLLECTIVE_TIMEOUT)
     held = {}
     T.run(_cfg(tmp, "full"), progress=False, quiet=True, on_batch=lambda r: held.setdefault("run", r))
     trainer = held["run"].trainer
@@ -222,7 +224,7 @@ def _ddp_worker(rank: int, tmp: str) -> None:
 
 def test_ddp_replicas_agree_and_ctrl_c_on_one_rank_resumes_exactly() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        torch.multiprocessing.spawn(_ddp_worker, args=(tmp,), nprocs=2, join=True)
+        spawn(_ddp_worker, (tmp,), nprocs=2)
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
         full, cut = _load(os.path.join(tmp, "full")), _load(os.path.join(tmp, "cut"))
     replicas = ranks[0]["replicas"]
