@@ -281,9 +281,9 @@ PyObject* clip_(PyObject* /*self*/, PyObject* args) {
     TORCH_CHECK_VALUE(backend == kAuto || device.type() == (backend == kCpu ? c10::kCPU : c10::kCUDA),
         "fused_clip_: backend='", backend_name(backend), "' cannot clip tensors on device ", device,
         " (critic[", index[j], "])");
-    const bool subclass = t.key_set().has_any(c10::DispatchKeySet(
+    const bool plain = is_plain(t);
+    const bool subclass = !plain && t.key_set().has_any(c10::DispatchKeySet(
         {c10::DispatchKey::Python, c10::DispatchKey::Functionalize}));
-    const bool plain = !subclass && t.has_storage();
     if (device.is_cuda() && plain && cuda == kCudaUntried) {
       return PyLong_FromLong(kNeedCuda);
     }

@@ -18,7 +18,7 @@ from wgan_ext import _ext
 from wgan_ext.ops import FusedClipper, fused_clip_
 
 from _clip_util import (  # noqa: E402
-    DTYPES, HAS_CUDA, _backends, assert_bit_equal, assert_numbers_equal, bits, check, clip_and_check, make_values,
+    DTYPES, HAS_CUDA, _backends, assert_bit_equal, assert_numbers_equal, check, clip_and_check, make_values,
 )
 
 
@@ -552,8 +552,9 @@ def test_compiled_cpu_kernel_is_loaded_here():
 
 @pytest.mark.parametrize("first", ["status('cuda')", "available('cuda')", "status('cpu')"])
 def test_backend_status_in_a_fresh_process(first):
-    # A fresh interpreter, so nothing is loaded yet: asking for CUDA first once deadlocked
-    # (loading "cuda" loads "cpu" under the same lock). The answers must match this process's.
+    # A fresh interpreter, so nothing is loaded yet: asking for CUDA first loads "cpu" inside the
+    # "cuda" load, under the same lock, which must not wait on itself. The answers must match
+    # this process's.
     import subprocess
     import sys
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from _clip_util import HAS_CUDA, _backends, assert_bit_equal, assert_numbers_equal, check, make_values
-from wgan_ext import FusedClipper, fused_clip_
+from wgan_ext import FusedClipper
 
 
 def _scramble(module: torch.nn.Module, scale: float = 10.0) -> list:
@@ -232,10 +232,10 @@ _THREADS_SCRIPT = textwrap.dedent("""
 
 def test_concurrent_calls_while_memory_moves_never_corrupt_memory():
     # Two threads call one FusedClipper and a third calls fused_clip_ while the main thread
-    # gives parameters new memory and a fourth swaps a parameter's TensorImpl away: a clipper
-    # that rebuilt shared state without the GIL died here with a double free, and a call that
-    # only borrowed the tensors could read a freed TensorImpl. Run in a subprocess, so a crash
-    # fails the test instead of the run.
+    # gives parameters new memory and a fourth swaps a parameter's TensorImpl away: no call may
+    # write freed memory or read a freed TensorImpl (a double free or a segfault would end the
+    # process), and at the end every weight is clipped. In a subprocess, so a crash fails the
+    # test instead of the run.
     proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])

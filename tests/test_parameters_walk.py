@@ -170,7 +170,7 @@ def test_overrides_are_respected(make):
 
 
 def test_per_instance_parameters_is_followed_at_every_call():
-    # A cached plan once kept clipping the tensors parameters() yielded first.
+    # Each call clamps what parameters() yields at that call, not what it yielded before.
     m = critic()
     targets = [nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(5))]
     for i, target in enumerate(targets * 2):

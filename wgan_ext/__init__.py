@@ -2,6 +2,7 @@
 
 * :func:`fused_clip_` / :class:`FusedClipper` -- clamp every critic parameter in place in one
   fused kernel per device (CUDA multi-tensor kernel, CPU C++ kernel, PyTorch fallback).
+* :class:`ClippedRMSprop` -- RMSprop and that clip in one pass over the critic's memory.
 * :mod:`wgan_ext.functional` -- the WGAN losses, gradient penalty and critic schedule as plain
   functions (no torchgan needed).
 * torchgan loss plugins (``pip install wgan-ext[torchgan]``): ``WassersteinGeneratorLoss``,

@@ -24,9 +24,16 @@ def collect() -> dict:
     cuda = _ext.status("cuda")
     gpu = torch.cuda.is_available()
     src = _ext.source_dir()
+    from .optim import kernel_available
+
     active = {
         "cpu": "cpu kernel" if cpu.loaded else "torch fallback",
         "cuda": ("cuda kernel" if cuda.loaded else "torch fallback") if gpu else "no CUDA device",
+    }
+    optimizer = {
+        "cpu": "fused kernel" if kernel_available("cpu") else "RMSprop's step + fused_clip_",
+        "cuda": ("fused kernel" if kernel_available("cuda") else "RMSprop's step + fused_clip_")
+        if gpu else "no CUDA device",
     }
     return {
         "wgan_ext": __version__,
@@ -39,6 +46,7 @@ def collect() -> dict:
             for name, st in (("cpu", cpu), ("cuda", cuda))
         },
         "active": active,
+        "clipped_rmsprop": optimizer,
         "kernel_sources": str(src) if src else None,
     }
 
@@ -59,6 +67,8 @@ def main(argv: Optional[list] = None) -> int:
         print(f"  {name:4s} kernel: {state}")
     print(f"fused_clip_ on CPU tensors uses: {info['active']['cpu']}")
     print(f"fused_clip_ on CUDA tensors uses: {info['active']['cuda']}")
+    print(f"ClippedRMSprop on CPU uses: {info['clipped_rmsprop']['cpu']}; "
+          f"on CUDA: {info['clipped_rmsprop']['cuda']}")
     return 0
 
 

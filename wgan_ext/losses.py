@@ -646,13 +646,12 @@ class CriticLossBase(DiscriminatorLoss):
         each call); for a CUDA critic a :class:`FusedClipper` of its parameters instead, for its
         device-resident table, kept while they are the same tensors. Nothing to clip if the
         optimizer is a :class:`ClippedRMSprop` (its step clips)."""
-        if self.clip is None or self.clip_backend == "torch" or isinstance(optimizer, ClippedRMSprop):
+        first = next(critic.parameters(), None)
+        if (self.clip is None or self.clip_backend == "torch" or isinstance(optimizer, ClippedRMSprop)
+                or first is None or not first.is_cuda):
             self._clipper = None
             return self.clip
         params = _collect(critic)
-        if not params or not params[0].is_cuda:
-            self._clipper = None
-            return self.clip
         held = self._clipper.tensors if self._clipper is not None else []
         if len(held) != len(params) or any(a is not b for a, b in zip(held, params)):
             self._clipper = FusedClipper(list(params), self.clip, backend=self.clip_backend)
