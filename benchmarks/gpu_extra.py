@@ -69,7 +69,7 @@ def bandwidth(device: torch.device, sizes: dict, calls: int) -> list:
     return rows
 
 
-def _critics(device: torch.device, smoke: bool) -> dict:
+def _critics(smoke: bool) -> dict:
     from wgan_ext.networks import MLPCritic
 
     out = {"mlp toy (2-D, 3 x 512)": (lambda: MLPCritic(2, hidden=512), (2,))}
@@ -86,7 +86,7 @@ def _critics(device: torch.device, smoke: bool) -> dict:
 
 def critic_steps(device: torch.device, smoke: bool, steps: int) -> list:
     rows = []
-    for name, (make, shape) in _critics(device, smoke).items():
+    for name, (make, shape) in _critics(smoke).items():
         torch.manual_seed(0)
         critic = make().to(device)
         opt = torch.optim.RMSprop(critic.parameters(), lr=5e-5, capturable=device.type == "cuda")

@@ -31,14 +31,14 @@ SHAPE_NOTES = {
     "tiny800": "800 one-element parameters (not a critic: per-tensor overhead alone)",
 }
 PROBES = ("tiny800",)  # not critics: left out of the targets
-# HBM bandwidth, GB/s: (spec sheet, what a device-to-device copy reaches in practice).
+# HBM bandwidth from the spec sheets, GB/s (what a copy reaches is measured in each run).
 PEAKS = (
-    ("H200", 4800.0, 4300.0),
-    ("H100 PCIe", 2000.0, None),
-    ("H100 NVL", 3900.0, None),
-    ("H100", 3350.0, 3000.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("A100-SXM4-80GB", 2039.0, None),
-    ("A100", 1555.0, None),
+    ("H200", 4800.0),
+    ("H100 PCIe", 2000.0),
+    ("H100 NVL", 3900.0),
+    ("H100", 3350.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100", 1555.0),
 )
 BIG = ("dcgan64", "mlp3x512", "large")  # critics of a few big tensors
 
@@ -164,11 +164,11 @@ def clip_section(rows, device, stat):
 
 def peak_for(name, override):
     if override:
-        return override, None, "given on the command line"
-    for key, spec, copy in PEAKS:
+        return override, "given on the command line"
+    for key, spec in PEAKS:
         if key in name:
-            return spec, copy, f"{key} spec sheet"
-    return None, None, "unknown device"
+            return spec, f"{key} spec sheet"
+    return None, "unknown device"
 
 
 def bandwidth_section(rows, stat, peak_override):
@@ -177,20 +177,18 @@ def bandwidth_section(rows, stat, peak_override):
                   key=lambda sd: (SHAPE_ORDER.index(sd[0]) if sd[0] in SHAPE_ORDER else 99,
                                   sd[1] != "float32"))
     if not keys:
-        return out, {}
+        return out
     name = next(r["device_name"] for k, r in rows.items() if k[1] == "cuda")
-    spec, copy_ref, src = peak_for(name, peak_override)
+    spec, src = peak_for(name, peak_override)
     out += [f"Achieved bandwidth, bytes = 2 x numel x itemsize (read + write). `wall`: {stat} of one "
             "synchronised call (launch + sync included); `dev`: back-to-back calls timed with CUDA "
             "events. `copy` is a device-to-device `copy_` of the same bytes measured in this run.",
             f"Peak for {name}: "
             + (f"{spec:,.0f} GB/s ({src})" if spec else "unknown (pass --peak-gbs)")
-            + (f", ~{copy_ref:,.0f} GB/s typically measured for a d2d copy" if copy_ref else "")
             + ".", "",
             "| critic | dtype | contender | wall GB/s | dev GB/s | dev % of spec | "
             "dev % of run's copy | run's copy GB/s |",
             "|---|---|---|--:|--:|--:|--:|--:|"]
-    best = {}
     for shape, dtype in keys:
         limit = rows.get(("clip", "cuda", shape, dtype, "limit"))
         copy_gbs = None
@@ -208,9 +206,7 @@ def bandwidth_section(rows, stat, peak_override):
             out.append(f"| {shape} | {dtype} | {c} | {wall:,.0f} | "
                        f"{'–' if dev is None else f'{dev:,.0f}'} | {pct} | {pct_copy} | "
                        f"{'–' if copy_gbs is None else f'{copy_gbs:,.0f}'} |")
-            if c != "limit":
-                best[(shape, dtype, c)] = (dev, spec, copy_ref)
-    return out, best
+    return out
 
 
 def step_section(rows, device, stat):
@@ -322,7 +318,7 @@ def targets_gpu(summary, launches, optim, extra):
 
 
 def optim_section(rows, device, stat):
-    """The critic update (RMSprop + clip) per critic: times, and ratios to the reference
+    """The critic update (RMSprop + clip) per critic: times, and ratios to the baseline
     (RMSprop(foreach=True) + fused_clip_), paired per round."""
     keys = sorted({k[2] for k in rows if k[0] == "optim" and k[1] == device},
                   key=lambda s: SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 98)
@@ -330,10 +326,10 @@ def optim_section(rows, device, stat):
         return [], {}
     cols = ("clipped_rmsprop", "clipped_fallback", "foreach_fused_clip", "single_loop", "compiled")
     out = [f"`ClippedRMSprop.step()` (fused) against `RMSprop(foreach=True).step()` + `fused_clip_` "
-           f"(the reference), `ClippedRMSprop(fused=False)` (RMSprop's step then `fused_clip_`), "
+           f"(the baseline), `ClippedRMSprop(fused=False)` (RMSprop's step then `fused_clip_`), "
            f"`RMSprop(foreach=False)` + the loop, and a `torch.compile`d RMSprop + loop; float32, "
-           f"{stat} ms per step, then reference / contender paired per round (higher is faster).", "",
-           "| critic | " + " | ".join(cols) + " | " + " | ".join(f"ref/{c}" for c in cols if c != "foreach_fused_clip") + " |",
+           f"{stat} ms per step, then baseline / contender paired per round (higher is faster).", "",
+           "| critic | " + " | ".join(cols) + " | " + " | ".join(f"baseline/{c}" for c in cols if c != "foreach_fused_clip") + " |",
            "|---|" + "--:|" * (2 * len(cols) - 1)]
     summary = {}
     for shape in keys:
@@ -419,8 +415,8 @@ def section(data, rows, device, stat, launches=None, peak=None, note=None, extra
         return out + [f"No {device} results in this run.", ""]
     out += ["### Clip, per critic", ""] + clip + [""]
     if device == "cuda":
-        bw, _ = bandwidth_section(rows, stat, peak)
-        out += ["### Bandwidth", ""] + bw + [""] + extra_section(extra) + [""]
+        out += (["### Bandwidth", ""] + bandwidth_section(rows, stat, peak) + [""]
+                + extra_section(extra) + [""])
     step = step_section(rows, device, stat)
     if step:
         out += ["### Critic step", ""] + step + [""]

@@ -188,7 +188,8 @@ def render(results: List[Dict[str, object]], iterations: int) -> str:
         "trajectory after a few evaluations: compare with the ranges over seeds, not with one run's digits.",
         "Wall times depend on what else the machine runs (these cores were shared).",
         "",
-        f"Settings (both methods): weight clipping c = {cfg.c}, n_critic = {cfg.n_critic}, RMSProp lr = {cfg.lr:g}, "
+        f"Settings (both methods): weight clipping c = {cfg.c}, n_critic = {cfg.n_critic}, RMSProp lr = {cfg.lr:g} "
+        f"(wgan-ext train: --optimizer {cfg.optimizer}), "
         f"batch m = {cfg.batch_size}, {cfg.iterations} generator iterations, MLPs {cfg.n_hidden} x {cfg.hidden} ReLU, "
         f"noise dim {cfg.encoding_dims}; scored every {cfg.log_every} generator iterations on "
         f"{cfg.eval_samples} fixed generated vs {cfg.eval_samples} fixed real points.",

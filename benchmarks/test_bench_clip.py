@@ -9,7 +9,7 @@ One pytest-benchmark group per (device, critic shape, dtype); in each group:
   fused_plan     ``FusedClipper(critic, c, backend=<device>)()``: parameters collected once
   fused_flat     ``FusedClipper(critic, c, flatten=True)``: the parameters moved into one buffer
                  first (on a twin critic built the same way, so the others keep theirs)
-  fallback       ``fused_clip_(critic, c, backend="torch")``: the pure-PyTorch reference
+  fallback       ``fused_clip_(critic, c, backend="torch")``: the pure-PyTorch fallback
   foreach        ``torch._foreach_clamp_min_`` + ``torch._foreach_clamp_max_`` on a prepared list
   loop           ``for p in critic.parameters(): p.data.clamp_(lo, hi)`` (torchgan, the paper)
   compiled_loop  ``torch.compile`` of that loop (float32, only the shapes in --bench-compile)

@@ -5,16 +5,16 @@ One group per (device, shape), float32; in each group:
   clipped_rmsprop     ``ClippedRMSprop(params, lr, clip=c).step()``: the fused op, one pass
   clipped_fallback    ``ClippedRMSprop(..., fused=False).step()``: RMSprop's functional step +
                       ``fused_clip_`` (what runs where no kernel serves the device)
-  foreach_fused_clip  ``RMSprop(foreach=True).step()`` + ``fused_clip_(critic, c)``: the reference
+  foreach_fused_clip  ``RMSprop(foreach=True).step()`` + ``fused_clip_(critic, c)``: the baseline
   single_loop         ``RMSprop(foreach=False).step()`` + ``for p in params: p.data.clamp_(-c, c)``
   compiled            ``torch.compile`` of (``RMSprop(foreach=True).step()`` + that loop), the way
                       torch.optim optimizers are compiled (only the shapes in --bench-compile)
 
 Shapes: the benchmark critics (bench_critics.py) plus ``flat10m``, 10 M parameters in 4 tensors
-of 2.5 M (the issue's case). Gradients are fixed random tensors set once; every round restores
+of 2.5 M (a large critic in a few big tensors). Gradients are fixed random tensors set once; every round restores
 the weights to their uniform [-2c, 2c] draw outside the timing (the optimizer state evolves,
 identically for every contender). Each round also times one ``foreach_fused_clip`` call on a twin
-critic just before the contender (``extra_info["paired_ratio"]`` = contender / reference, the
+critic just before the contender (``extra_info["paired_ratio"]`` = contender / baseline, the
 median over rounds: both calls see the same machine load). On CUDA, ``device_us`` is the
 fused step's back-to-back device time and ``copy_device_us`` that of a device-to-device copy
 moving the same bytes as one pass (read parameter, gradient, square average; write parameter,
@@ -119,7 +119,7 @@ def test_optim_step(run, dev, shape, contender, request):
                 tensors=len(mine.params), numel=numel, itemsize=4, backend=mine.backend)
     group = f"optim {dev.type} {shape} float32"
     ref = None
-    if contender != "foreach_fused_clip":  # the paired reference, on a twin critic
+    if contender != "foreach_fused_clip":  # the paired baseline, on a twin critic
         twin = Setup("foreach_fused_clip", shape, dev, request)
         ref = (twin.fn, twin.weights.restore)
     run(mine.fn, dev=dev, setup=mine.weights.restore, group=group, ref=ref, **info)

@@ -300,8 +300,7 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   // Every check done: now write.
   auto run = [&t](int64_t b, int64_t e) {
     // One MKL thread, on this thread, for the length of the walk: MKL's threading machinery in
-    // each square-root call costs more than the roots (measured, 10 M float32 on 2 threads:
-    // 13 ms with it, 4 ms without).
+    // each square-root call costs more than the roots (benchmarks/RESULTS.md).
     auto* local_threads = aten_roots().local_threads;
     const int before = local_threads != nullptr ? local_threads(1) : 0;
     walk_range(t, b, e);
