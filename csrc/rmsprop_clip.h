@@ -7,9 +7,7 @@
 #include "fused_clip.h"  // the supported dtypes, their names, bump_versions
 
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
 #include <c10/core/InferenceMode.h>
-#include <c10/core/Scalar.h>
 #include <c10/util/irange.h>
 
 #include <algorithm>
@@ -35,6 +33,19 @@ inline bool same_layout(const at::Tensor& p, const at::Tensor& t) {
     if (p.size(d) != 1 && p.stride(d) != t.stride(d)) return false;
   }
   return true;
+}
+
+// Parameter i and its state can be walked as one flat block.
+inline bool walks_flat(const Args& a, size_t i) {
+  const at::Tensor& p = a.params[i];
+  return same_layout(p, p) && same_layout(p, a.grads[i]) && same_layout(p, a.square_avgs[i]) &&
+      (!a.centered || same_layout(p, a.grad_avgs[i])) &&
+      (a.momentum <= 0 || same_layout(p, a.momentum_buffers[i]));
+}
+
+// The kernels' per-dtype arrays: float, double, half, bfloat16.
+inline int dtype_slot(at::ScalarType d) {
+  return d == at::kFloat ? 0 : d == at::kDouble ? 1 : d == at::kHalf ? 2 : 3;
 }
 
 // Checks one list. `written`: in-place updates of inference tensors need InferenceMode.
@@ -197,6 +208,22 @@ inline void aten_step(const Args& a, size_t i, double lr) {
     p.addcdiv_(g, avg, -lr);
   }
   p.clamp_(a.lo, a.hi);
+}
+
+// Both kernels' last writes, after their own: the ATen path for what they did not walk (below
+// autograd, so leaves that require grad are writable), device steps no block owns, host steps,
+// then the version bumps.
+inline void finish_with_aten(const Args& a, const std::vector<size_t>& by_aten,
+                             at::TensorList clamp_aten, at::TensorList device_steps,
+                             at::TensorList host_steps, double lr) {
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (const size_t i : by_aten) aten_step(a, i, lr);
+    clamp_with_aten_(clamp_aten, a.lo, a.hi);
+    for (const auto& s : device_steps) s.add_(1);
+  }
+  increment_host_steps(host_steps);
+  bump_versions(a);
 }
 
 }  // namespace wgan_ext::rmsprop

@@ -261,15 +261,11 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   bool need[4] = {false, false, false, false};  // float, double, half, bfloat16
   std::vector<size_t> by_aten;          // parameters not laid out as one block like their state
   std::vector<at::Tensor> clamp_aten;   // clip-only tensors that are not one block
-  auto slot = [](at::ScalarType d) { return d == at::kFloat ? 0 : d == at::kDouble ? 1 : d == at::kHalf ? 2 : 3; };
   for (const auto i : c10::irange(params.size())) {
     const auto& p = params[i];
-    need[slot(p.scalar_type())] = true;
+    need[dtype_slot(p.scalar_type())] = true;
     if (p.numel() == 0) continue;
-    const bool flat = same_layout(p, p) && same_layout(p, grads[i]) &&
-        same_layout(p, square_avgs[i]) && (!centered || same_layout(p, grad_avgs[i])) &&
-        (momentum <= 0 || same_layout(p, momentum_buffers[i]));
-    if (!flat) {
+    if (!walks_flat(a, i)) {
       by_aten.push_back(i);
       continue;
     }
@@ -279,7 +275,7 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
              p.numel());
   }
   for (const auto& c : clip_only) {
-    need[slot(c.scalar_type())] = true;
+    need[dtype_slot(c.scalar_type())] = true;
     if (c.numel() == 0) continue;
     if (c.is_non_overlapping_and_dense()) {
       add_span(t, {c.data_ptr(), nullptr, nullptr, nullptr, nullptr, c.scalar_type()}, c.numel());
@@ -311,13 +307,7 @@ void rmsprop_clip_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
   } else {
     at::parallel_for(0, t.total, kGrainSize, run);
   }
-  if (!by_aten.empty() || !clamp_aten.empty()) {
-    at::AutoDispatchBelowADInplaceOrView guard;  // leaves that require grad are writable
-    for (const size_t i : by_aten) aten_step(a, i, lr_value);
-    for (auto& c : clamp_aten) c.clamp_(lo, hi);
-  }
-  increment_host_steps(steps);
-  bump_versions(a);
+  finish_with_aten(a, by_aten, clamp_aten, /*device_steps=*/{}, /*host_steps=*/steps, lr_value);
 }
 
 }  // namespace

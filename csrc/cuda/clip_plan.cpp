@@ -140,11 +140,7 @@ PyObject* clip_with_plan_(PyObject* /*self*/, PyObject* args) {
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
     // A captured launch would read the table at every replay, also after a rebuild, a refresh()
     // or the clipper's end freed it: a capture gets the metadata as kernel arguments instead.
-    DtypeGroups groups;
-    group_by_dtype(tensors, groups);
-    for (const auto& [dtype, group] : groups.dense) launch_with_args(dtype, *group, lo, hi, stream);
-    clamp_with_aten_(groups.strided, lo, hi);
-    bump_versions(tensors);
+    clip_with_args_(tensors, lo, hi, stream);
     Py_RETURN_TRUE;
   }
   if (!plan->fresh(tensors)) plan->rebuild(tensors, stream);

@@ -78,10 +78,9 @@ inline void group_by_dtype(at::TensorList tensors, DtypeGroups& out) {
   }
 }
 
-// Clamps dense, non-empty tensors of one dtype, checked, on the current device: the metadata in
-// kernel arguments, one launch per 1,500 runs (190 before CUDA 13). Safe to capture in a graph.
-void launch_with_args(at::ScalarType dtype, at::TensorList tensors, double lo, double hi,
-                      cudaStream_t stream);
+// Clamps checked, unique tensors on the current device and bumps their versions: the metadata in
+// kernel arguments (no allocation, no table), so safe to capture in a CUDA graph.
+void clip_with_args_(at::TensorList unique, double lo, double hi, cudaStream_t stream);
 
 // Clamps what a device table describes: int64 [ptr x n_runs, len x n_runs, chunk_end x n_runs]
 // (chunk_end: chunks of runs 0..r), built from checked tensors whose memory has not moved since.

@@ -198,17 +198,13 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
       "or float64, got ", lr_tensor->scalar_type());
 
   std::vector<Entry> by_dtype[4];  // float, double, half, bfloat16
-  auto slot = [](at::ScalarType d) { return d == at::kFloat ? 0 : d == at::kDouble ? 1 : d == at::kHalf ? 2 : 3; };
   std::vector<size_t> by_aten;
   std::vector<at::Tensor> clamp_aten, host_steps, aten_steps;
   for (const auto i : c10::irange(params.size())) {
     const auto& p = params[i];
     const bool device_step = steps[i].is_cuda();
     if (!device_step) host_steps.push_back(steps[i]);
-    const bool flat = same_layout(p, p) && same_layout(p, grads[i]) &&
-        same_layout(p, square_avgs[i]) && (!centered || same_layout(p, grad_avgs[i])) &&
-        (momentum <= 0 || same_layout(p, momentum_buffers[i]));
-    if (p.numel() == 0 || !flat) {
+    if (p.numel() == 0 || !walks_flat(a, i)) {
       if (device_step) aten_steps.push_back(steps[i]);  // no block of ours owns it
       if (p.numel() > 0) by_aten.push_back(i);
       continue;
@@ -220,7 +216,7 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
     if (aligned_to(e.p, bytes) && aligned_to(e.g, bytes) && aligned_to(e.sq, bytes) &&
         aligned_to(e.ga, bytes) && aligned_to(e.buf, bytes)) e.flags |= kAligned;
     if (steps[i].scalar_type() == at::kDouble) e.flags |= kStepDouble;
-    by_dtype[slot(p.scalar_type())].push_back(e);
+    by_dtype[dtype_slot(p.scalar_type())].push_back(e);
   }
   for (const auto& c : clip_only) {
     if (c.numel() == 0) continue;
@@ -228,7 +224,7 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
       clamp_aten.push_back(c);
       continue;
     }
-    by_dtype[slot(c.scalar_type())].push_back(
+    by_dtype[dtype_slot(c.scalar_type())].push_back(
         {c.data_ptr(), nullptr, nullptr, nullptr, nullptr, nullptr, c.numel(), 0});
   }
   // A captured graph replays device work only: host steps and a host read of a device lr
@@ -239,16 +235,16 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
       "steps must be CUDA tensors (capturable=True), got ", host_steps.size(), " on the CPU");
   TORCH_CHECK(!capturing || by_aten.empty() || !lr_on_device, "rmsprop_clip_: parameters whose "
       "state is not laid out like them cannot be captured with a tensor learning rate");
-  const double lr_host = lr_on_device ? (by_aten.empty() ? 0.0 : host_lr(a)) : host_lr(a);
+  const bool lr_unread = lr_on_device && by_aten.empty();
+  const double lr_host = lr_unread ? 0.0 : host_lr(a);
   const void* lr_ptr = lr_on_device ? lr_tensor->const_data_ptr() : nullptr;
   const bool lr_double = lr_on_device && lr_tensor->scalar_type() == at::kDouble;
 
   // Every scalar conversion (which may raise) before the first write, for every dtype present
   // (the ATen path's too). The kernels read a device learning rate themselves.
   bool need[4] = {false, false, false, false};
-  for (const auto& p : params) need[slot(p.scalar_type())] = true;
-  for (const auto& c : clip_only) need[slot(c.scalar_type())] = true;
-  const bool lr_unread = lr_on_device && by_aten.empty();
+  for (const auto& p : params) need[dtype_slot(p.scalar_type())] = true;
+  for (const auto& c : clip_only) need[dtype_slot(c.scalar_type())] = true;
   auto scalars = [&](auto tag, bool needed) {
     using T = decltype(tag);
     return needed ? make_scalars<T>(alpha, eps, weight_decay, momentum, maximize, lo, hi,
@@ -266,14 +262,7 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   launch_dtype<double>(by_dtype[1], s64, a, lr_ptr, lr_double, stream);
   launch_dtype<at::Half>(by_dtype[2], s16, a, lr_ptr, lr_double, stream);
   launch_dtype<at::BFloat16>(by_dtype[3], sbf, a, lr_ptr, lr_double, stream);
-  {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // leaves that require grad are writable
-    for (const size_t i : by_aten) aten_step(a, i, lr_host);
-    for (auto& c : clamp_aten) c.clamp_(lo, hi);
-    for (auto& s : aten_steps) s.add_(1);
-  }
-  increment_host_steps(host_steps);
-  bump_versions(a);
+  finish_with_aten(a, by_aten, clamp_aten, aten_steps, host_steps, lr_host);
 }
 
 }  // namespace
