@@ -20,13 +20,11 @@ import warnings
 
 import pytest
 import torch
+from _clip_util import HAS_CUDA, INT_VIEW
 
 import wgan_ext
 from wgan_ext import ClippedRMSprop, optim as wopt
 
-HAS_CUDA = torch.cuda.is_available()
-CUDA = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")]
-INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 STATE_KEYS = ("square_avg", "momentum_buffer", "grad_avg")
 C = 0.05
 

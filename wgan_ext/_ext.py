@@ -68,22 +68,19 @@ def source_dir() -> Optional[Path]:
     return None
 
 
-def _op_defined() -> bool:
+def _has_kernel(key: str, op: str = "fused_clip_") -> bool:
+    """Whether the loaded libraries define ``wgan_ext::<op>`` with a kernel for dispatch key ``key``."""
     try:
-        torch.ops.wgan_ext.fused_clip_
+        getattr(torch.ops.wgan_ext, op)
     except (AttributeError, RuntimeError):
         return False
-    return True
-
-
-def _has_kernel(key: str) -> bool:
-    return _op_defined() and torch._C._dispatch_has_kernel_for_dispatch_key("wgan_ext::fused_clip_", key)
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"wgan_ext::{op}", key)
 
 
 def _register_fake() -> None:
-    # The op mutates its inputs and returns nothing, so under FakeTensor / torch.compile tracing
-    # (and on meta tensors) there is nothing to compute; it refuses what the real kernels refuse
-    # about devices, so a list spanning devices fails the same way everywhere.
+    # The ops mutate their inputs and return nothing, so under FakeTensor / torch.compile tracing
+    # (and on meta tensors) there is nothing to compute; fused_clip_ refuses what the real
+    # kernels refuse about devices, so a list spanning devices fails the same way everywhere.
     if getattr(_register_fake, "done", False):
         return
 
@@ -94,6 +91,13 @@ def _register_fake() -> None:
                 raise ValueError(f"fused_clip_: all tensors must be on one device; tensors[0] is on "
                                  f"{tensors[0].device}, tensors[{i}] on {t.device}")
         return None
+
+    if _has_kernel("CPU", "rmsprop_clip_"):  # not in a library built before the optimizer
+        @torch.library.register_fake("wgan_ext::rmsprop_clip_")
+        def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,  # noqa: ARG001
+                               clip_only, lr_tensor, lr, alpha, eps, weight_decay, momentum,
+                               centered, maximize, lo, hi):
+            return None
 
     _register_fake.done = True
 

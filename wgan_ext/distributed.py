@@ -12,13 +12,14 @@ import torch
 
 __all__ = ["local_tensor"]
 
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+# Tensors that are not subclasses (such as DTensor): their own memory holds their values.
+PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The tensor whose memory holds ``t``'s values on this process: a DTensor's local shard,
     else ``t`` itself. Raises ``ValueError`` for a DTensor with a Partial placement."""
-    if type(t) in _PLAIN_TYPES or not torch.distributed.is_available():
+    if type(t) in PLAIN_TYPES or not torch.distributed.is_available():
         return t
     from torch.distributed.tensor import DTensor
 

@@ -16,6 +16,7 @@ import torch
 
 from . import _ext
 from ._version import __version__
+from .optim import kernel_available
 
 
 def collect() -> dict:
@@ -24,8 +25,6 @@ def collect() -> dict:
     cuda = _ext.status("cuda")
     gpu = torch.cuda.is_available()
     src = _ext.source_dir()
-    from .optim import kernel_available
-
     active = {
         "cpu": "cpu kernel" if cpu.loaded else "torch fallback",
         "cuda": ("cuda kernel" if cuda.loaded else "torch fallback") if gpu else "no CUDA device",

@@ -24,7 +24,7 @@ from typing import Iterable, Literal, Sequence, Tuple, Union
 import torch
 
 from . import _ext, fallback
-from .distributed import local_tensor
+from .distributed import PLAIN_TYPES, local_tensor
 
 __all__ = ["fused_clip_", "FusedClipper", "resolve_bounds", "SUPPORTED_DTYPES", "Backend"]
 
@@ -244,7 +244,7 @@ class FusedClipper:
             # subclasses such as DTensor, whose local tensor may change) take fused_clip_'s path.
             by_device: dict = {}
             for t in tensors:
-                plain = type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_cuda
+                plain = type(t) in PLAIN_TYPES and t.is_cuda
                 by_device.setdefault(t.device if plain else None, []).append(t)
             rest = tuple(by_device.pop(None, ()))
             plans = tuple((lib.new_plan(), tuple(group)) for group in by_device.values())
@@ -288,7 +288,7 @@ def _flatten_(tensors: Sequence[torch.Tensor]) -> None:
     left alone. All buffers are allocated before the first tensor moves.
     """
     plain = [t for t in dict.fromkeys(tensors)
-             if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel() > 0]
+             if type(t) in PLAIN_TYPES and t.numel() > 0]
     owners: dict = {}
     for t in plain:
         key = (t.device, t.untyped_storage().data_ptr())

@@ -20,43 +20,15 @@ from torch.optim.optimizer import Optimizer, _get_scalar_dtype
 from torch.optim.rmsprop import rmsprop as _rmsprop_step
 
 from . import _ext
-from .distributed import local_tensor
+from .distributed import PLAIN_TYPES, local_tensor
 from .ops import SUPPORTED_DTYPES, Bounds, fused_clip_, resolve_bounds
-
-_PLAIN = (Tensor, torch.nn.Parameter)
 
 __all__ = ["ClippedRMSprop", "rmsprop_clip_", "kernel_available"]
 
-_OP = "wgan_ext::rmsprop_clip_"
 # device type -> whether the compiled op serves it; filled outside torch.compile (tracing only
 # reads it: it never loads or builds anything).
 _KERNELS: dict = {}
 _lock = threading.Lock()
-_fake_registered = False
-
-
-def _register_fake() -> None:
-    global _fake_registered
-    if _fake_registered:
-        return
-
-    # The op mutates its lists in place and returns nothing: under FakeTensor / torch.compile
-    # there is nothing to compute, the fake kernel only has to exist.
-    @torch.library.register_fake(_OP)
-    def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,  # noqa: ARG001
-                           clip_only, lr_tensor, lr, alpha, eps, weight_decay, momentum,
-                           centered, maximize, lo, hi):
-        return None
-
-    _fake_registered = True
-
-
-def _op_has_kernel(device_type: str) -> bool:
-    try:
-        torch.ops.wgan_ext.rmsprop_clip_
-    except (AttributeError, RuntimeError):
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(_OP, device_type.upper())
 
 
 def kernel_available(device_type: str, warn: bool = False) -> bool:
@@ -73,14 +45,12 @@ def kernel_available(device_type: str, warn: bool = False) -> bool:
         if ok is not None:
             return ok
         ok = device_type in ("cpu", "cuda") and _ext.available(device_type, warn=warn)
-        if ok and not _op_has_kernel(device_type):
+        if ok and not _ext._has_kernel(device_type.upper(), "rmsprop_clip_"):
             ok = False
             if warn:  # a library built before the op existed
                 warnings.warn(f"wgan_ext: the loaded {device_type.upper()} kernel library has no "
                               "rmsprop_clip_ (a stale build?); ClippedRMSprop uses torch's RMSprop "
                               "and fused_clip_ (same results, slower)", RuntimeWarning, stacklevel=3)
-        if ok:
-            _register_fake()
         _KERNELS[device_type] = ok
         return ok
 
@@ -131,7 +101,7 @@ def rmsprop_clip_(params: list, grads: list, square_avgs: list, grad_avgs: list,
     if not devices:
         return
     if _use_kernel(next(iter(devices)), fused):
-        if any(type(t) not in _PLAIN for t in (*params, *clip_only)):
+        if any(type(t) not in PLAIN_TYPES for t in (*params, *clip_only)):
             # DTensor parameters (FSDP2): the update is elementwise, so each rank steps its local
             # shards of parameters, gradients and state (the op checks that their shapes agree).
             params, grads, square_avgs, grad_avgs, momentum_buffers, clip_only = (
