@@ -233,15 +233,13 @@ def _launch(args: argparse.Namespace, explicit: Dict[str, Any]) -> int:
     """``--nproc N``: check the input here (one line, exit 2), then run N workers."""
     from .data import DataError
     from .train import TrainConfig, TrainError, plan
-    from .train_distributed import check_devices, launch, launched
+    from .train_distributed import check_devices, gloo_available, launch, launched
 
     n = args.nproc
     try:
         if launched():
             raise TrainError(f"--nproc {n} launches its own processes; under torchrun, leave it out")
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_gloo_available()):
+        if not gloo_available():
             raise TrainError(f"--nproc {n} needs torch.distributed with gloo, which this torch lacks")
         p = plan(TrainConfig(**explicit), resume=args.resume is not None, resume_from=args.resume or None,
                  explicit=explicit, world_size=n, distributed=True)

@@ -195,7 +195,8 @@ class ToySource(DataSource):
 
 class _ShuffledPasses(DataSource):
     """Finite data: pass ``p`` visits the samples in ``randperm`` seeded by ``(seed, p)``;
-    the last incomplete batch of a pass is dropped so every critic step sees ``m`` samples."""
+    the last incomplete batch of a pass is dropped so every critic step sees ``m`` samples.
+    Subclasses implement :meth:`_read` (the samples at some indices), so a process reads only its rows."""
 
     _perm_key: Optional[tuple] = None
     _perm: Optional[torch.Tensor] = None
@@ -214,6 +215,15 @@ class _ShuffledPasses(DataSource):
             self._perm_key = key
         return self._perm[offset * batch_size : (offset + 1) * batch_size]
 
+    def batch(self, index: int, batch_size: int, seed: int) -> torch.Tensor:
+        return self._read(self._indices(index, batch_size, seed))
+
+    def batch_rows(self, index: int, batch_size: int, seed: int, rows: slice) -> torch.Tensor:
+        return self._read(self._indices(index, batch_size, seed)[rows])  # reads only these samples
+
+    def _read(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
 
 class TensorSource(_ShuffledPasses):
     """A finite set held in memory as one tensor (already scaled to ``[-1, 1]``)."""
@@ -225,8 +235,8 @@ class TensorSource(_ShuffledPasses):
         self.shape = tuple(data.shape[1:])
         self.length = int(data.shape[0])
 
-    def batch(self, index: int, batch_size: int, seed: int) -> torch.Tensor:
-        return self.data[self._indices(index, batch_size, seed)]
+    def _read(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.data[indices]
 
 
 class DatasetSource(_ShuffledPasses):
@@ -238,12 +248,6 @@ class DatasetSource(_ShuffledPasses):
         self.dataset = dataset
         self.shape = tuple(shape)
         self.length = len(dataset)  # type: ignore[arg-type]
-
-    def batch(self, index: int, batch_size: int, seed: int) -> torch.Tensor:
-        return self._read(self._indices(index, batch_size, seed))
-
-    def batch_rows(self, index: int, batch_size: int, seed: int, rows: slice) -> torch.Tensor:
-        return self._read(self._indices(index, batch_size, seed)[rows])  # reads only these files
 
     def _read(self, indices: torch.Tensor) -> torch.Tensor:
         items = []
@@ -400,7 +404,8 @@ class BatchStream:
     :attr:`stop_when` returns true (checked before each batch), so ``train.py`` ends each torchgan
     epoch after an exact number of generator iterations. Batch ``i`` is
     ``source.batch(i, batch_size, seed)`` and :attr:`position` counts batches handed out, which is
-    all the data state a checkpoint needs.
+    all the data state a checkpoint needs. :attr:`global_batch` is the size of the batches drawn
+    from the source (``batch_size`` here; a subclass may hand out a share of each, see :meth:`_draw`).
     """
 
     def __init__(self, source: DataSource, batch_size: int, seed: int, position: int = 0) -> None:
@@ -413,13 +418,18 @@ class BatchStream:
             )
         self.source = source
         self.batch_size = batch_size  # read by torchgan's Trainer.__call__
+        self.global_batch = batch_size
         self.seed = int(seed)
         self.position = int(position)
         self.stop_when: Optional[Callable[[], bool]] = None
 
+    def _draw(self) -> torch.Tensor:
+        """Batch number :attr:`position` of the stream (what this stream hands out of it)."""
+        return self.source.batch(self.position, self.batch_size, self.seed)
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         while self.stop_when is None or not self.stop_when():
-            x = self.source.batch(self.position, self.batch_size, self.seed)
+            x = self._draw()
             self.position += 1
             yield x
 
@@ -427,14 +437,14 @@ class BatchStream:
         """The next ``n`` batches (advances :attr:`position`); for tests and the reference loop."""
         out = []
         for _ in range(n):
-            out.append(self.source.batch(self.position, self.batch_size, self.seed))
+            out.append(self._draw())
             self.position += 1
         return out
 
     @property
     def passes(self) -> Optional[float]:
         """Passes over a finite set so far (``None`` for endless toys)."""
-        per_pass = self.source.batches_per_pass(self.batch_size)
+        per_pass = self.source.batches_per_pass(self.global_batch)
         return None if per_pass is None else self.position / per_pass
 
 

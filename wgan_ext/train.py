@@ -252,16 +252,13 @@ class _Run:
 
     def end_period(self, epoch: int) -> None:
         self._clock()
-        critic_w, gen_loss = self.stats.critic_w, self.stats.gen_loss
-        if self.world.distributed:
-            s = self.stats
-            critic_w, gen_loss = TD.period_means(s.w_sum, s.g_sum, s.w_n, s.g_n, self.world)
+        stats = TD.period_means(self.stats, self.world)
         row: Dict[str, Any] = {
             "gen_iter": self.gen_updates,
             "critic_iter": self.critic_loss.critic_updates,
             "batches": self.stream.position,
-            "critic_w": critic_w,
-            "gen_loss": gen_loss,
+            "critic_w": stats.critic_w,
+            "gen_loss": stats.gen_loss,
         }
         self._evaluate(row)
         self.stats = PeriodStats()
@@ -292,19 +289,17 @@ class _Run:
                 "period_stats": self.stats.state_dict(), "history": [dict(r) for r in self.history],
                 "elapsed": self.elapsed}
         config = self.cfg.to_dict()
-        if not self.world.distributed:
-            payload = checkpoint_payload(config, self.trainer, self.critic_loss, self.gen_loss, loop)
-            save_checkpoint(os.path.join(self.out, CHECKPOINT_NAME), payload)
-            return
-        models, optimizers = TD.model_states(self.trainer, self.world)
-        ranks = self.world.gather({"rng": rng_state(), "period_stats": self.stats.state_dict()})
+        extra: Dict[str, Any] = {}
+        if self.world.distributed:  # full states gathered from every rank (collectives)
+            models, optimizers = TD.model_states(self.trainer, self.world)
+            ranks = self.world.gather({"rng": rng_state(), "period_stats": self.stats.state_dict()})
+            extra = dict(models=models, optimizers=optimizers, ranks=ranks)
 
         def save() -> None:
-            payload = checkpoint_payload(config, self.trainer, self.critic_loss, self.gen_loss, loop,
-                                         models=models, optimizers=optimizers, ranks=ranks)
+            payload = checkpoint_payload(config, self.trainer, self.critic_loss, self.gen_loss, loop, **extra)
             save_checkpoint(os.path.join(self.out, CHECKPOINT_NAME), payload)
 
-        self.world.share(save)
+        self.world.share(save)  # one process: just save()
 
     def restore(self, ck: Dict[str, Any]) -> None:
         # A checkpoint of one process has no "ranks"; one of several always has (see plan).

@@ -29,24 +29,28 @@ Every process builds the same networks from the same seed; then:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
-import math
 import os
 import pickle
 import sys
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 
 from . import data as D
 from .train_config import TrainError
 
+if TYPE_CHECKING:
+    from .train_report import PeriodStats
+
 __all__ = [
     "World", "join", "launched", "launch", "wrap_network", "ShardedBatchStream", "batch_stream",
     "seed_rank", "eval_models", "model_states", "load_model_states", "period_means", "check_devices",
+    "gloo_available",
 ]
 
 T = TypeVar("T")
@@ -186,9 +190,9 @@ def join() -> World:
         TrainError: launched by torchrun, but this torch has no torch.distributed.
     """
     env = os.environ
-    if not launched() and not (_available() and _dist().is_initialized()):
+    if not launched() and not (gloo_available() and _dist().is_initialized()):
         return World()
-    if not _available():
+    if not gloo_available():
         raise TrainError("launched by torchrun, but this torch has no torch.distributed (gloo)")
     dist = _dist()
     owns = False
@@ -208,7 +212,8 @@ def join() -> World:
                  local_world_size=int(env.get("LOCAL_WORLD_SIZE", size)), distributed=True, owns_group=owns)
 
 
-def _available() -> bool:
+def gloo_available() -> bool:
+    """This torch has torch.distributed with the gloo backend."""
     dist = _dist()
     return dist.is_available() and dist.is_gloo_available()
 
@@ -372,26 +377,11 @@ class ShardedBatchStream(D.BatchStream):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not a multiple of {world_size} processes")
         super().__init__(source, global_batch, seed)
-        self.global_batch = global_batch
         self.batch_size = global_batch // world_size
         self.rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
 
     def _draw(self) -> torch.Tensor:
-        x = self.source.batch_rows(self.position, self.global_batch, self.seed, self.rows)
-        self.position += 1
-        return x
-
-    def __iter__(self):  # type: ignore[override]
-        while self.stop_when is None or not self.stop_when():
-            yield self._draw()
-
-    def take(self, n: int) -> List[torch.Tensor]:
-        return [self._draw() for _ in range(n)]
-
-    @property
-    def passes(self) -> Optional[float]:
-        per_pass = self.source.batches_per_pass(self.global_batch)
-        return None if per_pass is None else self.position / per_pass
+        return self.source.batch_rows(self.position, self.global_batch, self.seed, self.rows)
 
 
 def batch_stream(source: D.DataSource, batch_size: int, seed: int, world: World) -> D.BatchStream:
@@ -407,13 +397,15 @@ def seed_rank(seed: int, world: World) -> None:
         torch.manual_seed(D._mix_seed(seed, _RANK_SEED_TAG, world.rank))
 
 
-def period_means(w_sum: float, g_sum: float, w_n: int, g_n: int, world: World) -> Tuple[float, float]:
-    """The period's mean critic estimate and generator loss over the global batches: each rank's
-    values are means over its m/W samples, so the global one is their mean over ranks."""
-    sums = world.gather((w_sum, g_sum))
-    w = sum(s[0] for s in sums) / len(sums)
-    g = sum(s[1] for s in sums) / len(sums)
-    return (w / w_n if w_n else math.nan), (g / g_n if g_n else math.nan)
+def period_means(stats: "PeriodStats", world: World) -> "PeriodStats":
+    """The period's sums over the global batches (read its ``critic_w`` / ``gen_loss``): each rank's
+    values are means over its m/W samples, so the global sums are their mean over ranks (every rank
+    counts the same updates). ``stats`` itself on one process; a collective on several."""
+    if not world.distributed:
+        return stats
+    sums = world.gather((stats.w_sum, stats.g_sum))
+    return dataclasses.replace(stats, w_sum=sum(s[0] for s in sums) / len(sums),
+                               g_sum=sum(s[1] for s in sums) / len(sums))
 
 
 # ----------------------------------------------------------------------------- --nproc
