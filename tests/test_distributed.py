@@ -16,12 +16,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from _dist_util import COLLECTIVE_TIMEOUT, spawn
+from _dist_util import NEEDS_GLOO, init_gloo, require_fsdp2, spawn
 
-pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                       reason="this torch has no torch.distributed with gloo"),
-]
+pytestmark = [NEEDS_GLOO]
 
 WORLD = 2
 C = 0.01
@@ -53,18 +50,12 @@ def _spawn(fn, tmp: str, *args) -> None:
     spawn(fn, (tmp, *args), nprocs=WORLD)
 
 
-def _init(rank: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'rendezvous')}",
-                            rank=rank, world_size=WORLD, timeout=COLLECTIVE_TIMEOUT)
-
-
 def _ddp_worker(rank: int, tmp: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from wgan_ext import fused_clip_
 
-    _init(rank, tmp)
+    init_gloo(rank, tmp, WORLD)
     critic = _critic()
     model = DDP(critic)
     opt = torch.optim.RMSprop(model.parameters(), lr=5e-3)
@@ -97,7 +88,7 @@ def _fsdp_worker(rank: int, tmp: str, clip_kind: str) -> None:
 
     from wgan_ext import ClippedRMSprop, FusedClipper, fused_clip_
 
-    _init(rank, tmp)
+    init_gloo(rank, tmp, WORLD)
     mesh = init_device_mesh("cpu", (WORLD,))
     critic = _critic()
     fully_shard(critic, mesh=mesh)
@@ -127,10 +118,7 @@ def _fsdp_worker(rank: int, tmp: str, clip_kind: str) -> None:
 
 @pytest.mark.parametrize("clip_kind", ["fused_clip_", "FusedClipper", "ClippedRMSprop"])
 def test_fsdp2_sharded_critic_matches_a_single_process_run(clip_kind):
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-    except ImportError:
-        pytest.skip("this torch has no FSDP2 (torch.distributed.fsdp.fully_shard)")
+    require_fsdp2()
     with tempfile.TemporaryDirectory() as tmp:
         _spawn(_fsdp_worker, tmp, clip_kind)
         out = torch.load(os.path.join(tmp, "fsdp.pt"))

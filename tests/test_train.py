@@ -12,6 +12,8 @@ import signal
 import pytest
 import torch
 
+from _train_util import assert_continued_exactly, read_checkpoint, same
+
 from wgan_ext import data as D
 from wgan_ext import train as T
 
@@ -21,10 +23,6 @@ TINY = dict(hidden=16, eval_samples=64, log_every=10, iterations=30)
 def _cfg(tmp_path, name="run", **kw) -> T.TrainConfig:
     args = {**TINY, **kw}
     return T.TrainConfig(out=str(tmp_path / name), **args)
-
-
-def _load(path):
-    return torch.load(os.path.join(path, T.CHECKPOINT_NAME), weights_only=True)
 
 
 def _rows(path):
@@ -98,7 +96,7 @@ def test_run_writes_the_run_folder(tmp_path) -> None:
     assert summary["final"]["w1"] == pytest.approx(float(rows[-1]["w1"]))
     assert -1 <= summary["spearman_critic_w1"] <= 1
     # every critic weight is inside [-c, c] at the end (clipped after each update)
-    ck = _load(out)
+    ck = read_checkpoint(out)
     assert max(v.abs().max().item() for v in ck["models"]["discriminator"].values()) <= 0.01
     from PIL import Image
 
@@ -156,7 +154,7 @@ def test_exact_w1_in_metrics_is_recomputable(tmp_path) -> None:
     res = T.run(_cfg(tmp_path, iterations=10), progress=False, quiet=True)
     cfg = T.TrainConfig(**json.load(open(os.path.join(res.out, "config.json"))))
     G = MLPGenerator(encoding_dims=cfg.encoding_dims, out_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
-    G.load_state_dict(_load(res.out)["models"]["generator"])
+    G.load_state_dict(read_checkpoint(res.out)["models"]["generator"])
     real = D.eval_real(D.make_source("8gaussians"), cfg.eval_samples, cfg.seed)
     z = torch.randn(len(real), cfg.encoding_dims, generator=torch.Generator().manual_seed(cfg.seed + 0x5EED))
     with torch.no_grad():
@@ -172,7 +170,7 @@ def test_paper_schedule_runs_100_critic_updates_first(tmp_path) -> None:
 @pytest.mark.parametrize("loss", ["gp", "hinge"])
 def test_other_losses(tmp_path, loss) -> None:
     res = T.run(_cfg(tmp_path, loss=loss, iterations=4, log_every=2), progress=False, quiet=True)
-    ck = _load(res.out)
+    ck = read_checkpoint(res.out)
     biggest = max(v.abs().max().item() for v in ck["models"]["discriminator"].values())
     if loss == "gp":  # no clipping: the default init (|w| up to 1/sqrt(16)) stays outside [-0.01, 0.01]
         assert biggest > 0.01
@@ -202,7 +200,7 @@ def test_image_folder_run_with_dcgan(tmp_path) -> None:
         Image.new("RGB", (20, 20), (20 * i, 255 - 20 * i, 0)).save(folder / f"{i:02d}.png")
     res = T.run(_cfg(tmp_path, dataset="folder", data_dir=str(folder), image_size=16, batch_size=4,
                      iterations=2, log_every=1), progress=False, quiet=True)
-    ck = _load(res.out)
+    ck = read_checkpoint(res.out)
     assert ck["config"]["arch"] == "dcgan"
     # every critic parameter, batch-norm scales included, is clipped (as in the paper's code)
     params = {k: v for k, v in ck["models"]["discriminator"].items() if "running" not in k and "num_batches" not in k}
@@ -215,21 +213,6 @@ def test_image_folder_run_with_dcgan(tmp_path) -> None:
 # ----------------------------------------------------------------------------- interrupt and resume
 
 
-def _tensors_equal(a, b, path=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _tensors_equal(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _tensors_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
-
-
 @pytest.mark.parametrize("stop_at", [73, 51])  # mid-period, and on the batch that ends a period
 def test_ctrl_c_then_resume_is_bit_identical(tmp_path, stop_at) -> None:
     full = T.run(_cfg(tmp_path, "full"), progress=False, quiet=True)
@@ -240,19 +223,13 @@ def test_ctrl_c_then_resume_is_bit_identical(tmp_path, stop_at) -> None:
 
     cut = T.run(_cfg(tmp_path, "cut"), progress=False, quiet=True, on_batch=ctrl_c)
     assert cut.interrupted
-    saved = _load(cut.out)
+    saved = read_checkpoint(cut.out)
     assert saved["loop"]["stream_position"] == stop_at
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
     resumed = T.run(T.TrainConfig(out=cut.out), resume=True, progress=False, quiet=True)
     assert not resumed.interrupted
-    a, b = _load(full.out), _load(cut.out)
-    for key in ("models", "optimizers", "losses", "loss_information", "rng"):
-        _tensors_equal(a[key], b[key], key)
-    for key in ("stream_position", "next_period", "period_stats"):
-        _tensors_equal(a["loop"][key], b["loop"][key], key)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
-    _tensors_equal(strip(a["loop"]["history"]), strip(b["loop"]["history"]), "history")
+    assert_continued_exactly(read_checkpoint(full.out), read_checkpoint(cut.out))
     assert [r["gen_iter"] for r in _rows(cut.out)] == ["0", "10", "20", "30"]
 
 
@@ -260,7 +237,7 @@ def test_resume_can_extend_a_finished_run(tmp_path) -> None:
     T.run(_cfg(tmp_path, "long", iterations=20), progress=False, quiet=True)
     short = T.run(_cfg(tmp_path, "short", iterations=10), progress=False, quiet=True)
     T.run(T.TrainConfig(out=short.out), resume=True, explicit={"iterations": 20}, progress=False, quiet=True)
-    _tensors_equal(_load(os.path.join(tmp_path, "long"))["models"], _load(short.out)["models"], "models")
+    same(read_checkpoint(os.path.join(tmp_path, "long"))["models"], read_checkpoint(short.out)["models"], "models")
 
 
 def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path) -> None:

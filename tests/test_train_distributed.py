@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import signal
 import socket
@@ -25,17 +24,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from _dist_util import COLLECTIVE_TIMEOUT, spawn  # noqa: E402
+from _dist_util import NEEDS_GLOO, init_gloo, require_fsdp2, spawn
+from _train_util import assert_continued_exactly, read_checkpoint
 
 from wgan_ext import cli
 from wgan_ext import data as D
 from wgan_ext import train as T
 from wgan_ext.train_distributed import ShardedBatchStream
 
-pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                       reason="this torch has no torch.distributed with gloo"),
-]
+pytestmark = [NEEDS_GLOO]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 0.01
@@ -103,38 +100,8 @@ def _written(tmp_path, rank: int, under) -> list:
         return [p for p in f.read().splitlines() if p.startswith(str(under) + os.sep)]
 
 
-def _load(run_dir):
-    return torch.load(os.path.join(run_dir, T.CHECKPOINT_NAME), weights_only=True)
-
-
 def _critic_max(ck) -> float:
     return max(v.abs().max().item() for v in ck["models"]["discriminator"].values())
-
-
-def _same(a, b, path=""):
-    """Tensors equal bit for bit, everything else equal (NaN = NaN), recursively."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
-
-
-def _assert_continued_exactly(full, resumed) -> None:
-    """The resumed run's checkpoint equals the uninterrupted one's (wall times aside)."""
-    for key in ("models", "optimizers", "losses", "loss_information", "rng", "ranks"):
-        _same(full[key], resumed[key], key)
-    for key in ("stream_position", "next_period", "period_stats"):
-        _same(full["loop"][key], resumed["loop"][key], key)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
-    _same(strip(full["loop"]["history"]), strip(resumed["loop"]["history"]), "history")
 
 
 # ----------------------------------------------------------------------------- torchrun
@@ -156,7 +123,7 @@ def test_torchrun_main_job_writes_one_run_folder_from_rank_0(tmp_path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert (summary["world_size"], summary["generator_iterations"], summary["critic_iterations"]) == (2, 20, 100)
     assert (config["world_size"], config["fsdp"], config["batch_size"]) == (2, False, 64)
-    ck = _load(run)
+    ck = read_checkpoint(run)
     assert _critic_max(ck) <= C and _critic_max(ck) == pytest.approx(C)  # clipped, and the clip was active
     # one entry per rank; rank 1 draws its noise from a stream of its own
     assert len(ck["ranks"]) == 2
@@ -169,10 +136,7 @@ def test_torchrun_main_job_writes_one_run_folder_from_rank_0(tmp_path) -> None:
 
 
 def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path) -> None:
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-    except ImportError:
-        pytest.skip("this torch has no FSDP2 (torch.distributed.fsdp.fully_shard)")
+    require_fsdp2()
     work = tmp_path / "work"
     work.mkdir()
     full = _torchrun(tmp_path, work, *TINY, "--fsdp", "--iterations", "20", "--out", "full")
@@ -182,10 +146,10 @@ def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path)
     resumed = _nproc(tmp_path, work, "--resume", "cut", "--iterations", "20", "--no-progress", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stderr == ""  # the launcher adds nothing to what the workers say
-    a, b = _load(work / "full"), _load(work / "cut")
+    a, b = read_checkpoint(work / "full"), read_checkpoint(work / "cut")
     assert (b["config"]["fsdp"], b["config"]["world_size"]) == (True, 2)
     assert _critic_max(b) <= C
-    _assert_continued_exactly(a, b)
+    assert_continued_exactly(a, b, ranks=True)
     assert _written(tmp_path, 1, work) == []  # the resumed run's rank 1 wrote nothing either
 
 
@@ -197,9 +161,7 @@ def _cfg(tmp: str, name: str) -> T.TrainConfig:
 
 
 def _ddp_worker(rank: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'rendezvous')}", rank=rank,
-                            world_size=2, timeout=COLLECTIVE_TIMEOUT)
+    init_gloo(rank, tmp, 2)
     held = {}
     T.run(_cfg(tmp, "full"), progress=False, quiet=True, on_batch=lambda r: held.setdefault("run", r))
     trainer = held["run"].trainer
@@ -226,14 +188,14 @@ def test_ddp_replicas_agree_and_ctrl_c_on_one_rank_resumes_exactly() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spawn(_ddp_worker, (tmp,), nprocs=2)
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
-        full, cut = _load(os.path.join(tmp, "full")), _load(os.path.join(tmp, "cut"))
+        full, cut = read_checkpoint(os.path.join(tmp, "full")), read_checkpoint(os.path.join(tmp, "cut"))
     replicas = ranks[0]["replicas"]
     assert torch.equal(replicas[0], replicas[1])  # generator and critic, bit for bit
     # SIGINT reached rank 1 only; both stopped after the same generator update (the next one)
     assert [r["interrupted"] for r in ranks] == [True, True]
     assert [r["done"] for r in ranks] == [13, 13]
     assert [r["resumed"] for r in ranks] == [20, 20]
-    _assert_continued_exactly(full, cut)
+    assert_continued_exactly(full, cut, ranks=True)
     assert _critic_max(full) <= C
 
 
