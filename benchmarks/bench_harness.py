@@ -114,15 +114,21 @@ class Runner:
         """
         if self.benchmark.disabled:
             return
+        self.benchmark.extra_info[key] = cuda_ms_per_call(fn, iters) * 1e3
+
+
+def cuda_ms_per_call(fn, iters: int) -> float:
+    """Milliseconds per call of ``fn`` on the current CUDA stream: one warm-up call, then ``iters``
+    back-to-back calls between two CUDA events."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
         fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        self.benchmark.extra_info[key] = start.elapsed_time(end) * 1e3 / iters
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
 
 
 def device_name(device: torch.device) -> str:

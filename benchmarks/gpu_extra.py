@@ -7,7 +7,7 @@
    against captured in a CUDA graph, on the WGAN paper's MLP critic (2-D toy data) and on
    torchgan's DCGAN critic: steps per second.
 
-Writes JSON (``--json``) and prints markdown tables. ``--smoke`` runs tiny sizes (on CPU too, with
+Writes JSON (``--json``) and prints the markdown tables of ``make_results.py``. ``--smoke`` runs tiny sizes (on CPU too, with
 host timing and no graphs) so the script cannot rot unnoticed.
 """
 
@@ -18,6 +18,8 @@ import json
 import time
 
 import torch
+from bench_harness import cuda_ms_per_call, device_name
+from make_results import extra_section
 
 from wgan_ext import FusedClipper, fused_clip_
 
@@ -28,16 +30,9 @@ SIZES = {"1M": (4, 512), "10M": (10, 1024), "100M": (6, 4096)}  # layers x (d x 
 def _timer(device: torch.device):
     """ms per call of fn, over `n` back-to-back calls (CUDA events on a GPU)."""
     def measure(fn, n: int) -> float:
-        fn()
         if device.type == "cuda":
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n):
-                fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / n
+            return cuda_ms_per_call(fn, n)
+        fn()
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
@@ -123,26 +118,6 @@ def critic_steps(device: torch.device, smoke: bool, steps: int) -> list:
     return rows
 
 
-def markdown(result: dict) -> str:
-    lines = [f"GPU: {result['device_name']}, torch {result['torch']}", "",
-             "| params | dtype | copy us | flat clamp_ us | FusedClipper us | fused_clip_ us "
-             "| FusedClipper GB/s (% of copy) | fused_clip_ GB/s | clipper / flat |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in result["bandwidth"]:
-        ms, bw = r["ms"], r["GB/s"]
-        lines.append(
-            f"| {r['size']} | {r['dtype']} | {ms['copy'] * 1e3:.1f} | {ms['flat clamp_'] * 1e3:.1f} | "
-            f"{ms['FusedClipper()'] * 1e3:.1f} | {ms['fused_clip_(critic, c)'] * 1e3:.1f} | "
-            f"{bw['FusedClipper()']:.0f} ({100 * bw['FusedClipper()'] / bw['copy']:.0f} %) | "
-            f"{bw['fused_clip_(critic, c)']:.0f} | {ms['FusedClipper()'] / ms['flat clamp_']:.2f}x |")
-    lines += ["", "| critic step (batch 64) | eager steps/s | captured steps/s | captured / eager |",
-              "|---|---:|---:|---:|"]
-    for r in result["steps"]:
-        lines.append(f"| {r['critic']} | {r['eager steps/s']:.0f} | {r.get('captured steps/s', float('nan')):.0f} "
-                     f"| {r.get('captured / eager', float('nan')):.2f}x |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -152,7 +127,7 @@ def main() -> None:
     device = torch.device(args.device)
     sizes = {"64K": (1, 256)} if args.smoke else SIZES
     result = {
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "bandwidth": bandwidth(device, sizes, calls=3 if args.smoke else 50),
         "steps": critic_steps(device, args.smoke, steps=3 if args.smoke else 200),
@@ -160,7 +135,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    print(markdown(result))
+    print("\n".join(extra_section(result)))
 
 
 if __name__ == "__main__":
