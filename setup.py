@@ -2,9 +2,9 @@
 
 Two extension modules, so that a CPU-only machine never has to load CUDA libraries:
 
-* ``wgan_ext._C``       -- the op schema (``TORCH_LIBRARY``), the CPU kernel and the Python entry
-  points. Always built (when torch is importable at build time).
-* ``wgan_ext._C_cuda``  -- the CUDA kernel and FusedClipper's CUDA plan. Built where a GPU is visible and a CUDA toolkit with
+* ``wgan_ext._C``       -- the op schemas (``TORCH_LIBRARY``) and the CPU kernels. Always built
+  (when torch is importable at build time).
+* ``wgan_ext._C_cuda``  -- the CUDA kernels. Built where a GPU is visible and a CUDA toolkit with
   ``nvcc`` is found, or when asked for. Elsewhere it is left out, and a GPU user who installs
   later gets it compiled on first use.
 
@@ -36,9 +36,8 @@ CXX_FLAGS = ["-O3", "-g0"]  # torch.utils.cpp_extension picks the -std its heade
 # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially.
 # Linking libgomp.so.1 reuses the copy torch already loaded (same soname).
 OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
-# rmsprop_clip_'s CPU kernel rounds as ATen does only if no a*b+c is fused behind its back; no
-# math errno lets sqrt vectorise (ATen is built the same way).
-FP_FLAGS = [] if sys.platform == "win32" else ["-ffp-contract=off", "-fno-math-errno"]
+# No math errno lets the optimizer kernel's square root vectorise (ATen is built the same way).
+FP_FLAGS = [] if sys.platform == "win32" else ["-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 SOURCES = runpy.run_path(os.path.join(ROOT, "wgan_ext", "_sources.py"))  # shared with first-use builds
 

@@ -43,7 +43,7 @@ for t in (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64, d
         print('raised normally:', e)
 "
 step tests ${TESTS_LIMIT:-200} $PY -m pytest tests/test_fused_clip.py tests/test_fused_clipper.py \
-  tests/test_cuda_graphs.py tests/test_parameters_walk.py -q -p no:cacheprovider -rs -x
+  tests/test_cuda_graphs.py -q -p no:cacheprovider -rs -x
 step tests_optim 120 $PY -m pytest tests/test_optim.py -q -p no:cacheprovider -rs -m cuda
 step launches 90 $PY benchmarks/profile_launches.py --device cuda --json "$OUT/launches.json"
 step extra 120 $PY benchmarks/gpu_extra.py --json "$OUT/gpu_extra.json"

@@ -187,8 +187,8 @@ def test_critic_step_matches_hand_written_update(placement):
 
 @pytest.mark.parametrize("clip", [None, 0.05, (-0.05, 0.05), "clipper"])
 def test_critic_step_with_a_clipping_optimizer_does_not_clip_twice(clip, monkeypatch):
-    # ClippedRMSprop's step clips: the step must match the hand-written RMSprop + clamp bit for
-    # bit, and no separate clip may run.
+    # ClippedRMSprop's step clips: the step must match the hand-written RMSprop + clamp (within
+    # the fused kernel's stated bound), and no separate clip may run.
     from wgan_ext import ClippedRMSprop, FusedClipper
 
     critic = mlp(6)
@@ -205,7 +205,7 @@ def test_critic_step_with_a_clipping_optimizer_does_not_clip_twice(clip, monkeyp
         F.critic_step(critic, opt, real, fake, clip=clip)
         _hand_critic_step(twin, opt2, real, fake, -0.05, 0.05, "after")
         for p, q in zip(critic.parameters(), twin.parameters()):
-            assert torch.equal(p, q)
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -157,7 +157,7 @@ def test_refuses_a_swapped_in_negative_view_and_modifies_nothing():
         critic.weight.mul_(100)
     critic.bias.data = torch.full((2,), 0.5)._neg_view()
     weight = critic.weight.detach().clone()
-    with pytest.raises(TypeError, match=r"critic\[1\] is a negative view"):
+    with pytest.raises(TypeError, match=r"tensors\[1\] is a negative view"):
         clip()
     assert_bit_equal(critic.weight.detach(), weight)
     assert torch.equal(critic.bias.detach().resolve_neg(), torch.full((2,), -0.5))
@@ -184,7 +184,7 @@ def test_bad_arguments():
         FusedClipper(critic, 0.25, flatten="yes")
     with pytest.raises(ValueError, match="backend must be one of"):
         FusedClipper(critic, 0.25, backend="triton")
-    with pytest.raises(TypeError, match=r"critic\[2\] has dtype torch.int64"):
+    with pytest.raises(TypeError, match=r"tensors\[2\] has dtype torch.int64"):
         FusedClipper([critic.weight, critic.bias, torch.arange(3)], 0.25)
 
 
@@ -315,12 +315,12 @@ def test_flatten_then_moved_parameter_is_still_clipped():
         check(p.detach(), b, -0.01, 0.01, "cpu")
 
 
-# ----------------------------------------------------------------------------- CUDA plan
+# ----------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
-def test_cuda_plan_follows_memory_moves_devices_and_dtypes():
-    # The device-resident table is rebuilt when a call sees moved memory; a tensor that leaves
-    # the GPU goes through fused_clip_'s path; a new dtype gets its own table.
+def test_cuda_clipper_follows_memory_moves_devices_and_dtypes():
+    # Each call reads every tensor's memory again; a tensor that leaves the GPU makes the op
+    # refuse the list (nothing written) and the call takes fused_clip_'s path per device.
     critic = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)).cuda()
     clip = FusedClipper(critic, 0.01, backend="auto")
     for change in (lambda: None,
@@ -337,10 +337,10 @@ def test_cuda_plan_follows_memory_moves_devices_and_dtypes():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here")
-def test_cuda_plan_many_tensors_one_table():
+def test_cuda_clipper_many_tensors_several_launches():
     ts = [make_values(n, torch.float32, "cuda", n) for n in range(1, 4000, 1)]
     clip = FusedClipper(ts, 0.01)
-    for _ in range(2):  # the first call builds the table, the second reuses it
+    for _ in range(2):
         with torch.no_grad():
             for t in ts:
                 t.mul_(3)

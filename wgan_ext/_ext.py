@@ -1,22 +1,24 @@
-"""Loads the compiled kernels of ``wgan_ext::fused_clip_``: prebuilt, else built on first use.
+"""Loads the compiled kernels of ``wgan_ext::fused_clip_`` and ``wgan_ext::rmsprop_clip_``.
 
-Order for each backend (``"cpu"``: schema + CPU kernel; ``"cuda"``: the CUDA kernel):
+Order for each backend (``"cpu"``: the op schemas and CPU kernels; ``"cuda"``: the CUDA kernels):
 
-1. the extension module built by ``pip install`` (``wgan_ext._C`` / ``wgan_ext._C_cuda``);
-2. a just-in-time build of the shipped sources with ``torch.utils.cpp_extension.load`` (ninja),
-   cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) so it happens once
-   per torch version and source change;
+1. the extension built by ``pip install`` (``wgan_ext._C`` / ``wgan_ext._C_cuda``);
+2. a build on first use of the shipped sources with ``torch.utils.cpp_extension.load`` (ninja),
+   cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) in a folder named
+   after a hash of the sources, flags and torch version: a later process loads it without
+   compiling, and says nothing;
 3. nothing: the caller uses the pure-PyTorch fallback, and :func:`available` warns once why.
 
-Step 2 prints one line to stderr when it starts (what, where it is cached, how to avoid it) and
-one when it is done or has failed; the CUDA kernel is only compiled where a GPU is visible (or
-with ``WGAN_EXT_CUDA=1`` / ``FORCE_CUDA=1``). Environment: ``WGAN_EXT_JIT=0`` disables step 2;
+Step 2 prints one line to stderr when it starts compiling (what, where, how to avoid it) and one
+when it is done or has failed; the CUDA kernels are compiled only where a GPU is visible (or with
+``WGAN_EXT_CUDA=1`` / ``FORCE_CUDA=1``). ``WGAN_EXT_JIT=0`` disables step 2;
 ``WGAN_EXT_VERBOSE_BUILD=1`` shows the compiler; ``TORCH_CUDA_ARCH_LIST`` picks the CUDA
 architectures (default :data:`DEFAULT_CUDA_ARCH_LIST` when no GPU is visible to detect).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
@@ -24,37 +26,35 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from . import _sources
 
-__all__ = ["available", "is_loaded", "require", "status", "peek", "source_dir", "cpu_library",
-           "cuda_library", "BackendStatus", "DEFAULT_CUDA_ARCH_LIST"]
+__all__ = ["available", "is_loaded", "require", "status", "source_dir", "BackendStatus",
+           "DEFAULT_CUDA_ARCH_LIST"]
 
 DEFAULT_CUDA_ARCH_LIST = _sources.DEFAULT_CUDA_ARCH_LIST  # setup.py uses the same list
-
+OPS = ("fused_clip_", "rmsprop_clip_")
 _PKG_DIR = Path(__file__).resolve().parent
 
 
 @dataclass
 class BackendStatus:
-    """What happened when a backend was loaded: ``how`` is 'prebuilt', 'jit' or None."""
+    """What loading a backend gave: ``how`` is 'prebuilt', 'jit' or None (then ``reason``)."""
 
     name: str
     how: Optional[str] = None
     reason: str = ""
     attempts: list = field(default_factory=list)
-    module: Any = None  # the library's Python module (csrc/python_api.cpp, csrc/cuda/clip_plan.cpp)
 
     @property
     def loaded(self) -> bool:
         return self.how is not None
 
 
-# Re-entrant: loading "cuda" loads "cpu" first (the op's schema lives in the CPU library), and
-# status() takes the lock on both levels.
+# Re-entrant: loading "cuda" loads "cpu" first (the schemas live in the CPU library).
 _lock = threading.RLock()
 _status: dict[str, BackendStatus] = {}
 _warned: set[str] = set()
@@ -63,24 +63,24 @@ _warned: set[str] = set()
 def source_dir() -> Optional[Path]:
     """The ``csrc`` folder: inside the installed package, or beside it in a source checkout."""
     for candidate in (_PKG_DIR / "csrc", _PKG_DIR.parent / "csrc"):
-        if (candidate / "fused_clip.cpp").is_file():
+        if (candidate / "ops.cpp").is_file():
             return candidate
     return None
 
 
-def _has_kernel(key: str, op: str = "fused_clip_") -> bool:
-    """Whether the loaded libraries define ``wgan_ext::<op>`` with a kernel for dispatch key ``key``."""
+def _has_kernels(key: str) -> bool:
+    """Whether both ops are defined with a kernel for dispatch key ``key`` ('CPU' or 'CUDA')."""
     try:
-        getattr(torch.ops.wgan_ext, op)
-    except (AttributeError, RuntimeError):
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"wgan_ext::{op}", key)
+                   for op in OPS)
+    except RuntimeError:  # an op not defined at all
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"wgan_ext::{op}", key)
 
 
 def _register_fake() -> None:
-    # The ops mutate their inputs and return nothing, so under FakeTensor / torch.compile tracing
-    # (and on meta tensors) there is nothing to compute; fused_clip_ refuses what the real
-    # kernels refuse about devices, so a list spanning devices fails the same way everywhere.
+    # The ops mutate their inputs and return nothing: under FakeTensor / torch.compile tracing
+    # (and on meta tensors) there is nothing to compute, but a list spanning devices fails as it
+    # does at run time.
     if getattr(_register_fake, "done", False):
         return
 
@@ -90,14 +90,10 @@ def _register_fake() -> None:
             if t.device != tensors[0].device:
                 raise ValueError(f"fused_clip_: all tensors must be on one device; tensors[0] is on "
                                  f"{tensors[0].device}, tensors[{i}] on {t.device}")
-        return None
 
-    if _has_kernel("CPU", "rmsprop_clip_"):  # not in a library built before the optimizer
-        @torch.library.register_fake("wgan_ext::rmsprop_clip_")
-        def _rmsprop_clip_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, steps,  # noqa: ARG001
-                               clip_only, lr_tensor, lr, alpha, eps, weight_decay, momentum,
-                               centered, maximize, lo, hi):
-            return None
+    @torch.library.register_fake("wgan_ext::rmsprop_clip_")
+    def _rmsprop_clip_fake(*args):  # noqa: ARG001
+        return None
 
     _register_fake.done = True
 
@@ -112,116 +108,113 @@ def _default_cuda_home() -> None:
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 
-def _build_dir(name: str) -> str:
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
+def _build_kwargs(sources: list, cuda: bool) -> dict:
+    # -fopenmp: at::parallel_for is inlined from ATen's OpenMP header (see setup.py).
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") and not cuda else []
+    flags = ["-O3"] + ([] if cuda or sys.platform == "win32" else ["-fno-math-errno"])
+    kwargs = dict(sources=[str(s) for s in sources], extra_cflags=flags + openmp,
+                  extra_ldflags=openmp, is_python_module=False,
+                  verbose=os.environ.get("WGAN_EXT_VERBOSE_BUILD") == "1")
+    if cuda:
+        kwargs["extra_cuda_cflags"] = ["-O3", "--expt-relaxed-constexpr"]
+    return kwargs
 
-        return _get_build_directory(name, verbose=False)
-    except Exception:  # a private helper of torch's: only for the message
-        return os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")
 
-
-def _jit(name: str, sources: list, cuda: bool) -> Any:
+def _jit(name: str, sources: list, cuda: bool) -> str:
+    """Build (or find built) the library of ``sources``; returns 'jit'. Prints only when compiling."""
     _default_cuda_home()
     from torch.utils import cpp_extension
 
     if cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # torch would ask the (absent) GPU for its architecture and fail with an IndexError.
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
-    flags = ["-O3"]  # cpp_extension adds the -std its headers need
-    if not cuda and sys.platform != "win32":
-        flags += ["-ffp-contract=off", "-fno-math-errno"]  # rmsprop_clip_ rounds as ATen (setup.py)
-    # at::parallel_for is inlined from ATen's OpenMP header (see setup.py).
-    openmp = ["-fopenmp"] if sys.platform.startswith("linux") and not cuda else []
-    kwargs = dict(
-        name=name,
-        sources=[str(s) for s in sources],
-        extra_cflags=flags + openmp,
-        extra_ldflags=openmp,
-        # Both libraries are Python modules too (csrc/python_api.cpp, csrc/cuda/clip_plan.cpp).
-        is_python_module=True,
-        verbose=os.environ.get("WGAN_EXT_VERBOSE_BUILD") == "1",
-    )
-    if cuda:
-        kwargs["extra_cuda_cflags"] = ["-O3", "--expt-relaxed-constexpr"]
-    what = f"the {'CUDA' if cuda else 'CPU'} kernel of fused_clip_"
-    print(f"wgan-ext: compiling {what} on first use (once per torch version; cached in "
-          f"{_build_dir(name)}; `pip install --no-build-isolation wgan-ext` ships it "
+    kwargs = _build_kwargs(sources, cuda)
+    key = hashlib.sha256(repr((torch.__version__, sys.version_info[:2], kwargs["extra_cflags"],
+                               os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda else None)).encode())
+    for s in sources:
+        key.update(Path(s).read_bytes())
+    name = f"{name}_{key.hexdigest()[:12]}"  # a cached build is found by name, never rebuilt
+    built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+    if built.is_file():
+        try:
+            torch.ops.load_library(str(built))
+            return "jit"
+        except OSError:  # a partial file from an interrupted build: build it again below
+            pass
+    what = f"the {'CUDA' if cuda else 'CPU'} kernels of wgan-ext"
+    print(f"wgan-ext: compiling {what} on first use (about a minute; once per torch version, "
+          f"cached in {built.parent}; `pip install --no-build-isolation wgan-ext` ships them "
           "prebuilt, WGAN_EXT_JIT=0 skips this) ...", file=sys.stderr, flush=True)
     try:
-        built = cpp_extension.load(**kwargs)
+        cpp_extension.load(name=name, **kwargs)
     except Exception as e:
         print(f"wgan-ext: compiling {what} failed ({type(e).__name__}); using the PyTorch "
               "fallback. `wgan-ext info` shows why.", file=sys.stderr, flush=True)
         raise
     print(f"wgan-ext: compiled {what}.", file=sys.stderr, flush=True)
-    return built
+    return "jit"
+
+
+def _cuda_unbuildable() -> Optional[str]:
+    """Why the CUDA kernels cannot be compiled on first use here, or None."""
+    _default_cuda_home()
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    forced = any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes")
+                 for flag in ("WGAN_EXT_CUDA", "FORCE_CUDA"))
+    if home is None:
+        return "no CUDA toolkit found for a JIT build (set CUDA_HOME)"
+    if not os.path.isfile(os.path.join(home, "bin", "nvcc")):
+        return f"no nvcc in CUDA_HOME={home} for a JIT build"
+    if not forced and not torch.cuda.is_available():
+        return "no CUDA device visible, so not compiled (WGAN_EXT_CUDA=1 compiles it anyway)"
+    return None
 
 
 def _load(name: str) -> BackendStatus:
     st = BackendStatus(name)
-    key = "CPU" if name == "cpu" else "CUDA"
+    key = name.upper()
     if name == "cuda":
         if torch.version.cuda is None:
             st.reason = "this torch is not a CUDA build"
             return st
-        cpu = status("cpu")  # the schema lives in the CPU library
+        cpu = status("cpu")  # the schemas live in the CPU library
         if not cpu.loaded:
-            st.reason = f"the CPU library that defines the op is missing ({cpu.reason})"
+            st.reason = f"the CPU library that defines the ops is missing ({cpu.reason})"
             return st
-
     module = "wgan_ext._C" if name == "cpu" else "wgan_ext._C_cuda"
     try:
-        imported = importlib.import_module(module)
-        if _has_kernel(key):
+        importlib.import_module(module)
+        if _has_kernels(key):
             st.how = "prebuilt"
-            st.module = imported
-            if name == "cpu":
-                _register_fake()
-            return st
-        st.attempts.append(f"{module} imported but registered no {key} kernel")
+        else:
+            st.attempts.append(f"{module} imported but registers no {key} kernels of {OPS}")
     except Exception as e:  # ImportError, or an OSError/undefined symbol from a stale build
         st.attempts.append(f"no prebuilt {module} ({type(e).__name__}: {e})")
-
-    if os.environ.get("WGAN_EXT_JIT", "1").lower() in ("0", "false", "no"):
-        st.reason = "; ".join(st.attempts + ["JIT build disabled by WGAN_EXT_JIT=0"])
-        return st
     src = source_dir()
-    if src is None:
-        st.reason = "; ".join(st.attempts + ["kernel sources (csrc/) not found for a JIT build"])
-        return st
-    if name == "cuda":
-        _default_cuda_home()
-        from torch.utils import cpp_extension
-
-        home = cpp_extension.CUDA_HOME
-        forced = any(os.environ.get(flag, "").strip().lower() in ("1", "true", "yes")
-                     for flag in ("WGAN_EXT_CUDA", "FORCE_CUDA"))
-        missing = ("no CUDA toolkit found for a JIT build (set CUDA_HOME)" if home is None
-                   else f"no nvcc in CUDA_HOME={home} for a JIT build"
-                   if not os.path.isfile(os.path.join(home, "bin", "nvcc"))
-                   else "no CUDA device visible, so not compiled (WGAN_EXT_CUDA=1 compiles it anyway)"
-                   if not forced and not torch.cuda.is_available() else None)
-        if missing:
-            st.reason = "; ".join(st.attempts + [missing])
-            return st
-        names, jit_name = _sources.CUDA, "wgan_ext_C_cuda"
+    if st.loaded:
+        pass
+    elif os.environ.get("WGAN_EXT_JIT", "1").lower() in ("0", "false", "no"):
+        st.attempts.append("JIT build disabled by WGAN_EXT_JIT=0")
+    elif src is None:
+        st.attempts.append("kernel sources (csrc/) not found for a JIT build")
+    elif name == "cuda" and _cuda_unbuildable():
+        st.attempts.append(_cuda_unbuildable())
     else:
-        names, jit_name = _sources.CPU, "wgan_ext_C"
-    sources = [src.joinpath(*name.split("/")) for name in names]
-    try:
-        built = _jit(jit_name, sources, cuda=name == "cuda")
-    except Exception as e:  # compiler missing, build error, ninja missing...
-        st.attempts.append(f"JIT build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1:]})")
-        st.reason = "; ".join(st.attempts)
-        return st
-    if _has_kernel(key):
-        st.how = "jit"
-        st.module = built
-        if name == "cpu":
-            _register_fake()
-    else:
-        st.reason = "; ".join(st.attempts + [f"JIT build registered no {key} kernel"])
+        names = _sources.CPU if name == "cpu" else _sources.CUDA
+        try:
+            st.how = _jit(f"wgan_ext_{name}", [src.joinpath(*n.split("/")) for n in names],
+                          cuda=name == "cuda")
+        except Exception as e:  # compiler missing, build error, ninja missing...
+            st.attempts.append(f"JIT build failed ({type(e).__name__}: "
+                               f"{str(e).strip().splitlines()[-1:]})")
+        if st.loaded and not _has_kernels(key):
+            st.how = None
+            st.attempts.append(f"JIT build registered no {key} kernels")
+    if st.loaded and name == "cpu":
+        _register_fake()
+    st.reason = "" if st.loaded else "; ".join(st.attempts)
     return st
 
 
@@ -234,8 +227,7 @@ def status(name: str) -> BackendStatus:
         with _lock:
             st = _status.get(name)
             if st is None:
-                st = _load(name)
-                _status[name] = st
+                st = _status[name] = _load(name)
     return st
 
 
@@ -251,12 +243,9 @@ def available(name: str, warn: bool = False) -> bool:
     if not st.loaded and warn and name not in _warned:
         _warned.add(name)
         warnings.warn(
-            f"wgan_ext: the compiled {name.upper()} kernel of fused_clip_ is unavailable "
-            f"({st.reason}); using the pure-PyTorch fallback (same results, slower). "
-            "`python -m wgan_ext info` shows details.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+            f"wgan_ext: the compiled {name.upper()} kernels are unavailable ({st.reason}); using "
+            "the pure-PyTorch fallback (same results, slower). `python -m wgan_ext info` shows "
+            "details.", RuntimeWarning, stacklevel=4)
     return st.loaded
 
 
@@ -264,23 +253,5 @@ def require(name: str) -> None:
     """Load backend ``name`` or raise ``RuntimeError`` with the reason."""
     st = status(name)
     if not st.loaded:
-        raise RuntimeError(f"wgan_ext: backend={name!r} requested but its kernel is unavailable: {st.reason}")
-
-
-def peek(name: str) -> Optional[BackendStatus]:
-    """What loading backend ``name`` gave, or None if it was not tried yet. Never loads."""
-    return _status.get(name)
-
-
-def cpu_library() -> Any:
-    """The CPU library's Python module (``parameters``, ``clip_``), or None if not loaded.
-    Never builds: loaded by the first CPU request."""
-    st = _status.get("cpu")
-    return st.module if st is not None else None
-
-
-def cuda_library() -> Any:
-    """The CUDA library's Python module (``new_plan``, ``clip_with_plan_``), or None if not
-    loaded. Never builds."""
-    st = _status.get("cuda")
-    return st.module if st is not None else None
+        raise RuntimeError(f"wgan_ext: backend={name!r} requested but its kernel is unavailable: "
+                           f"{st.reason}")

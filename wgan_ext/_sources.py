@@ -2,9 +2,8 @@
 use compiles (:mod:`wgan_ext._ext`). No imports: ``setup.py`` reads this file without importing
 the package (or torch)."""
 
-CPU = ("fused_clip.cpp", "cpu/fused_clip_kernel.cpp", "python_api.cpp", "rmsprop_clip.cpp",
-       "cpu/rmsprop_clip_kernel.cpp")
-CUDA = ("cuda/fused_clip_kernel.cu", "cuda/clip_plan.cpp", "cuda/rmsprop_clip_kernel.cu")
+CPU = ("ops.cpp", "cpu/fused_clip.cpp", "cpu/rmsprop_clip.cpp")
+CUDA = ("cuda/fused_clip.cu", "cuda/rmsprop_clip.cu")
 
 # Compiled for when no GPU is visible to detect: Ampere and Hopper, plus PTX that newer GPUs
 # compile on load.

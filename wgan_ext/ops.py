@@ -4,15 +4,11 @@ Weight-clipped WGAN (Arjovsky et al. 2017, Algorithm 1 line 7) clamps every crit
 ``[-c, c]`` after each critic update. The usual ``for p in critic.parameters(): p.data.clamp_()``
 costs one dispatch (and on GPU one kernel launch) per tensor; this costs one per device.
 
-Flow: bounds here -> the per-tensor work (collect, check, route) in one C++ call
-(``csrc/python_api.cpp``) -> the CPU kernel, the op ``torch.ops.wgan_ext.fused_clip_`` for CUDA
-tensors and tensor subclasses, ATen's ``clamp_`` for other devices. Without a compiled library
-the pure-PyTorch fallback (:mod:`wgan_ext.fallback`) runs the same checks in Python.
-
-The checks exist once per path: in C++ (``csrc/fused_clip.h``, shared by the op's kernels and
-this entry) and, for the fallback only, in Python. Errors raised inside the extension are plain
-Python exceptions (checked on CPU; on a GPU machine scripts/gpu_check.sh checks it, and one
-earlier build there crashed instead), so there is no second layer of Python checks in front.
+Flow: bounds -> ``critic.parameters()`` (or the given tensors) -> per device, the op
+``torch.ops.wgan_ext.fused_clip_`` (whose kernels run the checks, csrc/checks.h) or, where no
+compiled kernel serves the device, the pure-PyTorch fallback (:mod:`wgan_ext.fallback`, the same
+checks in Python). A call that spans devices runs the fallback's checks on every tensor first, so
+an error still leaves every tensor as it was.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ Params = Union[torch.nn.Module, torch.Tensor, Iterable[torch.Tensor]]
 
 SUPPORTED_DTYPES = fallback.SUPPORTED_DTYPES
 _BACKENDS = ("auto", "cuda", "cpu", "torch")
-_BACKEND_CODE = {"auto": 0, "cpu": 1, "cuda": 2}  # csrc/python_api.cpp, enum Backend
 
 
 def resolve_bounds(c: Bounds, name: str = "c") -> tuple[float, float]:
@@ -57,13 +52,16 @@ def resolve_bounds(c: Bounds, name: str = "c") -> tuple[float, float]:
 
 
 def _as_float(v: object, name: str) -> float:
-    # bool is a numbers.Real; a clip bound of True is always a bug.
+    # bool is a numbers.Real (and a bool tensor converts to 1.0); a clip bound of True is a bug.
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and (v.dtype.is_floating_point or (
+            not v.dtype.is_complex and v.dtype != torch.bool)):
+        v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex:
-            v = v.item()
-        else:
-            raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
-    f = float(v)
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond any float, e.g. 10**400
+        f = math.inf
     if not math.isfinite(f):
         raise ValueError(f"{name} must be finite, got {v!r}")
     return f
@@ -78,9 +76,6 @@ def _collect(critic: Params) -> Sequence:
     """What ``critic.parameters()`` yields (a module), ``[critic]`` (a tensor), or the items of
     an iterable, as a list or tuple holding strong references."""
     if isinstance(critic, torch.nn.Module):
-        lib = _ext.cpu_library()
-        if lib is not None and not torch.compiler.is_compiling():
-            return lib.parameters(critic)  # the same list, walked in C++ where that is exact
         return list(critic.parameters())
     if isinstance(critic, torch.Tensor):
         return [critic]
@@ -95,32 +90,71 @@ def _collect(critic: Params) -> Sequence:
         ) from None
 
 
-def _cuda_state() -> int:
-    st = _ext.peek("cuda")  # csrc/python_api.cpp, enum CudaState
-    return 0 if st is None else 2 if st.loaded else 1
+def _by_device(tensors: Sequence) -> tuple[dict, list]:
+    """The tensors that hold values (a DTensor's local shard; lazy parameters skipped) per
+    (device, tensor subclass or None), and the DTensors whose versions to bump. Plain tensors
+    and each subclass are separate calls, so a subclass's ``__torch_dispatch__`` sees only its
+    own tensors."""
+    groups: dict = {}
+    wrappers = []
+    for i, t in enumerate(tensors):
+        if type(t) not in PLAIN_TYPES:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"fused_clip_: tensors[{i}] must be a tensor or parameter, got "
+                                f"{type(t).__name__}")
+            if torch.nn.parameter.is_lazy(t):
+                continue  # nothing to clip yet
+            local = local_tensor(t)
+            if local is not t:
+                wrappers.append(t)
+                t = local
+        key = (t.device, None if type(t) in PLAIN_TYPES else type(t))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = []
+        group.append(t)
+    return groups, wrappers
+
+
+def _kernel_serves(device: torch.device, backend: str) -> bool:
+    """Whether the compiled op clamps ``device``'s tensors; raises if ``backend`` cannot."""
+    if backend in ("cpu", "cuda"):
+        if device.type != backend:
+            raise ValueError(f"fused_clip_: backend={backend!r} clamps {backend} tensors, got "
+                             f"tensors on {device}")
+        _ext.require(backend)
+        return True
+    return backend == "auto" and device.type in ("cpu", "cuda") and _ext.available(
+        device.type, warn=True)
 
 
 def _clip(tensors: Sequence, lo: float, hi: float, backend: str, dry_run: bool = False) -> None:
-    """Check ``tensors`` and clamp them (or, with ``dry_run``, only check). Writes nothing if
+    """Check ``tensors`` and clamp them (with ``dry_run``, only check). Writes nothing if
     anything raises."""
     if torch.compiler.is_compiling():
         _clip_traced(tensors, lo, hi, backend)
         return
-    if backend == "torch" or not _ext.available("cpu", warn=backend == "auto"):
-        if backend == "cpu":
-            _ext.require("cpu")
-        fallback.clip_(tensors, lo, hi, dry_run=dry_run)
+    groups, wrappers = _by_device(tensors)
+    kernel = {key: _kernel_serves(key[0], backend) for key in groups}
+    if dry_run or len(groups) > 1:
+        fallback.check([t for group in groups.values() for t in group], lo, hi)
+    if dry_run:
         return
-    if backend == "cuda":
-        _ext.require("cuda")
-    lib = _ext.cpu_library()
-    while lib.clip_(tensors, lo, hi, _BACKEND_CODE[backend], _cuda_state(), local_tensor, dry_run):
-        _ext.available("cuda", warn=True)  # CUDA tensors, CUDA not tried yet: load it, again
+    # Subclass groups first: their __torch_dispatch__ may raise where no check can tell, and then
+    # the plain tensors are still untouched.
+    for key, group in sorted(groups.items(), key=lambda item: item[0][1] is None):
+        if kernel[key]:
+            torch.ops.wgan_ext.fused_clip_(group, lo, hi)
+        else:
+            fallback.check(group, lo, hi)
+            fallback.clamp_(group, lo, hi)
+    for t in wrappers:
+        torch.autograd.graph.increment_version(t)
 
 
 def _clip_traced(tensors: Sequence, lo: float, hi: float, backend: str) -> None:
     # Under torch.compile: the op per device (its fake kernel traces it; its real kernels check
-    # at run time) or the fallback's foreach ops; no Python checks on tensor objects.
+    # at run time) or the fallback's foreach ops; nothing here loads or builds.
     groups: dict = {}
     for t in tensors:
         t = local_tensor(t)
@@ -191,14 +225,12 @@ class FusedClipper:
     (``p.data = ...``, ``module.to()``, ``torch.utils.swap_tensors``, which its references do
     not block).
 
-    Every call checks every tensor again, and nothing is shared between calls but the tuple of
-    tensors (and, on CUDA, a table that a call rebuilds under the GIL), so several threads may
-    call one clipper. On CUDA the clipper keeps one device-resident table of the tensors' memory
-    per device and dtype, rebuilt only when a call's check sees that memory moved: a call is
-    then the check plus one kernel launch, with no allocation and no host-to-device copy. A call
-    captured in a CUDA graph passes the tensors as kernel arguments instead (one launch per
-    1,500 memory runs with CUDA 13, 190 before), so a replay never reads a table that a later
-    call may have freed.
+    A call on plain tensors of one device is one call of the op on the held list (its kernel
+    checks every tensor again: nothing else is shared between calls, so several threads may call
+    one clipper); other calls take :func:`fused_clip_`'s path. On CUDA the op passes the
+    tensors' addresses as kernel arguments, so a call captured in a CUDA graph replays as
+    captured (one launch per dtype, more only past 1,055 tensors or 2,560 chunks of 64 Ki
+    elements with CUDA 13; 104 tensors or 320 chunks before).
 
     Args:
         critic, c, backend: as for :func:`fused_clip_`. An iterator (``critic.parameters()``)
@@ -237,19 +269,11 @@ class FusedClipper:
         _clip(tensors, self.lo, self.hi, self.backend, dry_run=True)  # raises, writes nothing
         if self.flatten:
             _flatten_(tensors)
-        plans, rest = (), tensors
-        lib = _ext.cuda_library() if self.backend in ("auto", "cuda") else None
-        if lib is not None:
-            # Plain CUDA tensors get a device-resident plan per device; the rest (CPU, tensor
-            # subclasses such as DTensor, whose local tensor may change) take fused_clip_'s path.
-            by_device: dict = {}
-            for t in tensors:
-                plain = type(t) in PLAIN_TYPES and t.is_cuda
-                by_device.setdefault(t.device if plain else None, []).append(t)
-            rest = tuple(by_device.pop(None, ()))
-            plans = tuple((lib.new_plan(), tuple(group)) for group in by_device.values())
+        groups, wrappers = _by_device(tensors)
+        direct = (len(groups) == 1 and all(type(t) in PLAIN_TYPES for t in tensors)
+                  and _kernel_serves(next(iter(groups))[0], self.backend))
         # One assignment, so a call in another thread sees the old parts or the new ones.
-        self._parts = (tensors, plans, rest)
+        self._parts = (tensors, list(tensors) if direct else None)
 
     @property
     def tensors(self) -> list:
@@ -258,19 +282,14 @@ class FusedClipper:
 
     def __call__(self) -> None:
         """Clamp every held tensor in place to ``[lo, hi]``."""
-        tensors, plans, rest = self._parts
-        if not plans or torch.compiler.is_compiling():
-            _clip(tensors, self.lo, self.hi, self.backend)
-            return
-        if len(plans) + bool(rest) > 1:
-            _clip(tensors, self.lo, self.hi, self.backend, dry_run=True)  # every check first
-        clip_with_plan_ = _ext.cuda_library().clip_with_plan_
-        for plan, group in plans:
-            if not clip_with_plan_(plan, group, self.lo, self.hi):
-                # A tensor left the plan's device or became a subclass (nothing written).
-                _clip(group, self.lo, self.hi, self.backend)
-        if rest:
-            _clip(rest, self.lo, self.hi, self.backend)
+        tensors, direct = self._parts
+        if direct is not None and not torch.compiler.is_compiling():
+            try:
+                torch.ops.wgan_ext.fused_clip_(direct, self.lo, self.hi)
+                return
+            except ValueError:  # e.g. some tensors moved to another device (nothing written)
+                pass
+        _clip(tensors, self.lo, self.hi, self.backend)
 
     def __repr__(self) -> str:
         return (f"FusedClipper({len(self._parts[0])} tensors, lo={self.lo}, hi={self.hi}, "

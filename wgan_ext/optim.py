@@ -45,7 +45,7 @@ def kernel_available(device_type: str, warn: bool = False) -> bool:
         if ok is not None:
             return ok
         ok = device_type in ("cpu", "cuda") and _ext.available(device_type, warn=warn)
-        if ok and not _ext._has_kernel(device_type.upper(), "rmsprop_clip_"):
+        if ok and not _ext._has_kernels(device_type.upper()):
             ok = False
             if warn:  # a library built before the op existed
                 warnings.warn(f"wgan_ext: the loaded {device_type.upper()} kernel library has no "
