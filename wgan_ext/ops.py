@@ -134,6 +134,13 @@ def _clip(tensors: Sequence, lo: float, hi: float, backend: str, dry_run: bool =
     if torch.compiler.is_compiling():
         _clip_traced(tensors, lo, hi, backend)
         return
+    if (not dry_run and tensors and all(type(t) in PLAIN_TYPES for t in tensors)
+            and _kernel_serves(tensors[0].device, backend)):
+        try:  # the common case, one device: the op checks that too, before any write
+            torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)
+            return
+        except ValueError:  # tensors on several devices, ...: grouped below, or raised again
+            pass
     groups, wrappers = _by_device(tensors)
     kernel = {key: _kernel_serves(key[0], backend) for key in groups}
     if dry_run or len(groups) > 1:
