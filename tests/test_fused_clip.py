@@ -550,6 +550,7 @@ def test_compiled_cpu_kernel_is_loaded_here():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("wgan_ext::fused_clip_", "CPU")
 
 
+@pytest.mark.slow  # a fresh process per case
 @pytest.mark.parametrize("first", ["status('cuda')", "available('cuda')", "status('cpu')"])
 def test_backend_status_in_a_fresh_process(first):
     # A fresh interpreter, so nothing is loaded yet: asking for CUDA first loads "cpu" inside the
