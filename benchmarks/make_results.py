@@ -264,8 +264,8 @@ def targets_cpu(summary, optim):
     slow = {sd: r["loop/module"] for sd, r in summary.items() if r["loop/module"] is not None}
     if slow:
         worst_sd, worst = min(slow.items(), key=lambda kv: kv[1])
-        out.append(f"- fused_clip_(critic, c) never more than 1.1x slower than the loop: "
-                   f"{_met(worst >= 1 / 1.1)} (slowest relative to the loop: {1 / worst:.2f}x the "
+        out.append(f"- fused_clip_(critic, c) never slower than the loop: "
+                   f"{_met(worst >= 1)} (slowest relative to the loop: {1 / worst:.2f}x the "
                    f"loop's time, {worst_sd[0]} {worst_sd[1]})")
     big = {sd: r["plan/limit"] for sd, r in summary.items() if sd[0] in BIG and r["plan/limit"] is not None}
     if big:
@@ -279,8 +279,12 @@ def targets_cpu(summary, optim):
                    + " faster than the loop on small800 (no clip can beat the limit)")
     ten = optim.get("flat10m", {}).get("clipped_rmsprop")
     if ten is not None:
-        out.append(f"- ClippedRMSprop.step() at least 2x faster than RMSprop(foreach=True) + fused_clip_ "
-                   f"at 10 M parameters: {1 / ten:.2f}x ({_met(1 / ten >= 2)})")
+        out.append(f"- ClippedRMSprop.step() at least 3x faster than RMSprop(foreach=True) + fused_clip_ "
+                   f"at 10 M parameters: {1 / ten:.2f}x ({_met(1 / ten >= 3)})")
+    traffic = optim.get("flat10m", {}).get("traffic_ratio")
+    if traffic is not None:
+        out.append(f"- ClippedRMSprop within 1.2x of one pass over its memory (read p, g, v; write p, v) "
+                   f"at 10 M parameters: {traffic:.2f}x ({_met(traffic <= 1.2)})")
     return out
 
 
@@ -324,10 +328,12 @@ def optim_section(rows, device, stat):
                   key=lambda s: SHAPE_ORDER.index(s) if s in SHAPE_ORDER else 98)
     if not keys:
         return [], {}
-    cols = ("clipped_rmsprop", "clipped_fallback", "foreach_fused_clip", "single_loop", "compiled")
+    cols = ("clipped_rmsprop", "clipped_fallback", "foreach_fused_clip", "single_loop", "compiled",
+            "one_pass")
     out = [f"`ClippedRMSprop.step()` (fused) against `RMSprop(foreach=True).step()` + `fused_clip_` "
            f"(the baseline), `ClippedRMSprop(fused=False)` (RMSprop's step then `fused_clip_`), "
-           f"`RMSprop(foreach=False)` + the loop, and a `torch.compile`d RMSprop + loop; float32, "
+           f"`RMSprop(foreach=False)` + the loop, a `torch.compile`d RMSprop + loop, and `one_pass`, a "
+           f"`copy_` moving the bytes of one pass over p, g, v (flat10m only); float32, "
            f"{stat} ms per step, then baseline / contender paired per round (higher is faster).", "",
            "| critic | " + " | ".join(cols) + " | " + " | ".join(f"baseline/{c}" for c in cols if c != "foreach_fused_clip") + " |",
            "|---|" + "--:|" * (2 * len(cols) - 1)]
@@ -341,7 +347,10 @@ def optim_section(rows, device, stat):
             r = row(c)
             if r is not None and c != "foreach_fused_clip":
                 ratios[c] = r.get("paired_ratio") or ratio(r["stats"][stat], row("foreach_fused_clip")["stats"][stat])
-        summary[shape] = dict(ratios, traffic_ratio=(row("clipped_rmsprop") or {}).get("traffic_ratio"))
+        traffic = (row("clipped_rmsprop") or {}).get("traffic_ratio")
+        if traffic is None and ratios.get("one_pass") and ratios.get("clipped_rmsprop"):
+            traffic = ratios["clipped_rmsprop"] / ratios["one_pass"]  # CPU: against the copy_ contender
+        summary[shape] = dict(ratios, traffic_ratio=traffic)
         out.append(f"| {shape} | " + " | ".join(times) + " | "
                    + " | ".join(fmt_x(1 / ratios[c]) if ratios.get(c) else "–" for c in cols if c != "foreach_fused_clip")
                    + " |")
@@ -443,7 +452,7 @@ Contenders: `limit` = one `clamp_` over a flat buffer with the critic's element 
 `fused_op` = `torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)` on a prepared list (kernel only);
 `fused_plan` = `FusedClipper(critic, c)()` (parameters collected once); `fused_flat` =
 `FusedClipper(critic, c, flatten=True)()` (parameters moved into one buffer first); `fused_module` =
-`fused_clip_(critic, c)` (stateless: collects `parameters()` in C++ and checks each call);
+`fused_clip_(critic, c)` (stateless: `parameters()`, then the op, which checks each call);
 `fallback` = `fused_clip_(critic, c, backend="torch")`; `foreach` = `torch._foreach_clamp_min_` +
 `_foreach_clamp_max_` on a prepared list; `loop` = `for p in critic.parameters():
 p.data.clamp_(lo, hi)`; `compiled_loop` = `torch.compile` of that loop (float32, some shapes).

@@ -5,7 +5,7 @@ One pytest-benchmark group per (device, critic shape, dtype); in each group:
   limit          one ``clamp_`` over a single flat buffer with the critic's element count
   fused_op       ``torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)`` on a prepared list (kernel)
   fused_module   ``fused_clip_(critic, c, backend=<device>)``: stateless, collects
-                 ``critic.parameters()`` (in C++) and checks every tensor at each call
+                 ``critic.parameters()`` and checks every tensor (in the op) at each call
   fused_plan     ``FusedClipper(critic, c, backend=<device>)()``: parameters collected once
   fused_flat     ``FusedClipper(critic, c, flatten=True)``: the parameters moved into one buffer
                  first (on a twin critic built the same way, so the others keep theirs)
