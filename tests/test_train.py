@@ -175,7 +175,7 @@ def test_other_losses(tmp_path, loss) -> None:
     if loss == "gp":  # no clipping: the default init (|w| up to 1/sqrt(16)) stays outside [-0.01, 0.01]
         assert biggest > 0.01
         assert ck["config"]["optimizer"] == "adam"
-    else:  # hinge clips like seed 001
+    else:  # hinge clips like labml.ai's annotated WGAN
         assert biggest <= 0.01
     assert [int(r["gen_iter"]) for r in _rows(res.out)] == [0, 2, 4]
 
@@ -249,18 +249,18 @@ def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path) -> None:
     # a checkpoint whose networks do not match its config
     ck = torch.load(ck_path, weights_only=True)
     ck["config"]["hidden"] = 32
-    torch.save(ck, ck_path)
-    with pytest.raises(T.TrainError, match="does not fit"):
+    T.save_checkpoint(ck_path, ck)  # with its SHA-256 record: the contents are what is checked
+    with pytest.raises(T.CheckpointError, match="does not fit"):
         T.run(T.TrainConfig(out=res.out), resume=True, explicit={"iterations": 4})
 
-    torch.save({"epoch": 3}, ck_path)  # e.g. a torchgan checkpoint
-    with pytest.raises(T.TrainError, match="not a wgan-ext"):
+    T.save_checkpoint(ck_path, {"epoch": 3})  # e.g. a torchgan checkpoint
+    with pytest.raises(T.CheckpointError, match="not a wgan-ext"):
         T.run(T.TrainConfig(out=res.out), resume=True)
 
     with open(ck_path, "wb") as f:
         f.write(b"\x00garbage")
     before = os.listdir(res.out)
-    with pytest.raises(T.TrainError, match="unreadable or not a wgan-ext checkpoint\nreason: "):
+    with pytest.raises(T.CheckpointError, match="is corrupted: its SHA-256 differs"):
         T.run(T.TrainConfig(out=res.out), resume=True)
     assert os.listdir(res.out) == before and open(ck_path, "rb").read() == b"\x00garbage"
 
@@ -276,7 +276,7 @@ def test_atomic_checkpoint_leaves_old_file_on_failure(tmp_path) -> None:
     with pytest.raises(RuntimeError):
         T.save_checkpoint(path, {"a": Boom()})
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
-    assert os.listdir(tmp_path) == ["ck.pt"]  # no temp file left behind
+    assert sorted(os.listdir(tmp_path)) == ["ck.pt", "ck.pt.sha256"]  # no temp file left behind
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
