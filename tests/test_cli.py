@@ -53,6 +53,7 @@ def test_train_tiny_run_and_report(tmp_path, capsys) -> None:
     assert max(v.abs().max().item() for v in ck["models"]["discriminator"].values()) <= 0.02
 
 
+@pytest.mark.slow
 def test_paper_schedule_flag(tmp_path) -> None:
     assert _train(tmp_path, "--iterations", "1", "--log-every", "1", "--paper-schedule") == 0
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -213,6 +214,7 @@ def test_no_subcommand_prints_help(capsys) -> None:
     assert "train" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_real_process_saves_and_resumes(tmp_path) -> None:
     """SIGINT to a running ``python -m wgan_ext.cli train``: exit 130 with a checkpoint; then
     ``--resume`` finishes the run."""
@@ -263,6 +265,7 @@ def _set_columns(fd: int, columns: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
 
 
+@pytest.mark.slow
 def test_terminal_of_zero_columns_gets_period_lines(tmp_path, capsys, monkeypatch) -> None:
     """A pseudo-terminal that reports 0 columns gets the lines a pipe gets, not a bar."""
     from wgan_ext.train_report import use_bar

@@ -129,39 +129,41 @@ def test_diverged_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path) -> No
     """Critic weights turned NaN in the second period: the evaluation that sees them stops the
     run, metrics.csv records it with NaN scores, and the first period's checkpoint stays."""
     def poison(run) -> None:
-        if run.gen_updates == 13:
+        if run.gen_updates == 3:
             with torch.no_grad():
                 next(run.trainer.discriminator.parameters()).fill_(math.nan)
 
-    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, eval_samples=64, iterations=30, log_every=10)
+    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, eval_samples=64, iterations=6, log_every=2)
     with pytest.raises(T.DivergedError) as e:
         T.run(cfg, progress=False, quiet=True, on_batch=poison)
     assert str(e.value).splitlines() == [
-        "training diverged: the generator and critic weights hold NaN or inf at generator iteration 20",
-        f"{cfg.out} keeps the checkpoint of generator iteration 10, the last finite one; start a new run with a "
+        "training diverged: the generator and critic weights hold NaN or inf at generator iteration 4",
+        f"{cfg.out} keeps the checkpoint of generator iteration 2, the last finite one; start a new run with a "
         "smaller --lr than 0.0001"]
     ck = T.load_checkpoint(os.path.join(cfg.out, T.CHECKPOINT_NAME))
-    assert TC.generator_updates(ck) == 10
+    assert TC.generator_updates(ck) == 2
     assert all(torch.isfinite(v).all() for v in ck["models"]["discriminator"].values())
     rows = open(os.path.join(cfg.out, "metrics.csv")).read().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["0", "10", "20"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "2", "4"]
     header = rows[0].split(",")
     assert rows[-1].split(",")[header.index("w1")] == ""  # NaN
-    assert json.load(open(os.path.join(cfg.out, "summary.json")))["diverged_at"] == 20
-    assert not os.path.exists(os.path.join(cfg.out, "samples", "step_000020.png"))
+    assert json.load(open(os.path.join(cfg.out, "summary.json")))["diverged_at"] == 4
+    assert not os.path.exists(os.path.join(cfg.out, "samples", "step_000004.png"))
 
 
 def test_ctrl_c_never_saves_non_finite_weights(tmp_path) -> None:
     def poison_then_stop(run) -> None:
-        if run.stream.position == 73:
+        if run.stream.position == 13:
             with torch.no_grad():
                 next(run.trainer.generator.parameters()).fill_(math.inf)
             os.kill(os.getpid(), signal.SIGINT)
 
-    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, eval_samples=64, iterations=30, log_every=10)
-    with pytest.raises(T.DivergedError, match="the generator weights hold NaN or inf at generator iteration 14"):
+    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, eval_samples=64, iterations=6, log_every=2)
+    with pytest.raises(T.DivergedError, match="the generator weights hold NaN or inf at generator iteration 2"):
         T.run(cfg, progress=False, quiet=True, on_batch=poison_then_stop)
-    assert TC.generator_updates(read_checkpoint(cfg.out)) == 10
+    ck = read_checkpoint(cfg.out)
+    assert ck["loop"]["stream_position"] == 10  # the period's checkpoint, not one at batch 13
+    assert all(torch.isfinite(v).all() for v in ck["models"]["generator"].values())
 
 
 def test_diverging_lr_is_exit_5(tmp_path, capsys) -> None:
@@ -335,9 +337,8 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path, capsys) -> None:
 
 
 def test_interrupted_start_up_leaves_a_folder_that_resumes_from_the_beginning(tmp_path, capsys, monkeypatch) -> None:
-    """Ctrl-C before the first checkpoint: two lines, exit 130; --resume (and --out) on the folder
-    that holds only its config then train that config from the beginning, bit for bit as a
-    fresh run."""
+    """Ctrl-C before the first checkpoint: two lines, exit 130; --resume on the folder that holds
+    only its config then trains that config from the beginning, bit for bit as a fresh run."""
     run = tmp_path / "run"
 
     def ctrl_c(self):
@@ -355,12 +356,14 @@ def test_interrupted_start_up_leaves_a_folder_that_resumes_from_the_beginning(tm
     assert _train(fresh, "--iterations", "2", "--log-every", "2", "--seed", "5") == 0
     same(read_checkpoint(fresh)["models"], read_checkpoint(run)["models"], "models")
 
-    again = tmp_path / "again"  # the same, through --out: the user repeats the command
+
+def test_repeating_the_command_after_an_interrupted_start_up(tmp_path, capsys, monkeypatch) -> None:
+    run = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(T._Run, "train", ctrl_c)
-        assert _train(again, "--iterations", "2", "--log-every", "2", "--seed", "5") == 130
-    assert _train(again, "--iterations", "2", "--log-every", "2", "--seed", "5") == 0
-    same(read_checkpoint(fresh)["models"], read_checkpoint(again)["models"], "models")
+        m.setattr(T._Run, "train", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert _train(run, "--iterations", "2", "--log-every", "2") == 130
+    assert _train(run, "--iterations", "2", "--log-every", "2") == 0  # not "already holds a run"
+    assert TC.generator_updates(read_checkpoint(run)) == 2
 
 
 def test_interrupt_before_the_folder_exists(tmp_path, capsys, monkeypatch) -> None:
