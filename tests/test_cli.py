@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from wgan_ext import cli
+from wgan_ext.train_checkpoint import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--hidden", "16", "--eval-samples", "64", "--no-progress", "--quiet"]
@@ -52,6 +53,7 @@ def test_train_tiny_run_and_report(tmp_path, capsys) -> None:
     assert max(v.abs().max().item() for v in ck["models"]["discriminator"].values()) <= 0.02
 
 
+@pytest.mark.slow
 def test_paper_schedule_flag(tmp_path) -> None:
     assert _train(tmp_path, "--iterations", "1", "--log-every", "1", "--paper-schedule") == 0
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -138,18 +140,21 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys) -> None:
     (bytes(range(256)) * 4, "reason: torch.load(weights_only=True): Unsupported operand 0"),
 ])
 def test_unreadable_checkpoint_on_resume(tmp_path, capsys, content, reason) -> None:
+    import hashlib
+
     run = tmp_path / "run"
     run.mkdir()
-    (run / "checkpoint.pt").write_bytes(content)
+    (run / "checkpoint.pt").write_bytes(content)  # recorded as written: the SHA-256 check passes
+    (run / "checkpoint.pt.sha256").write_text(f"{hashlib.sha256(content).hexdigest()}  checkpoint.pt\n")
     rc = cli.main(["train", "--resume", str(run), "--no-progress"])
     captured = capsys.readouterr()
-    assert rc == 2 and "Traceback" not in captured.err
+    assert rc == 4 and "Traceback" not in captured.err
     assert captured.err.splitlines() == [
         f"wgan-ext train: error: checkpoint '{run / 'checkpoint.pt'}' is unreadable or not a wgan-ext checkpoint",
         reason,
     ]
     assert (run / "checkpoint.pt").read_bytes() == content
-    assert os.listdir(run) == ["checkpoint.pt"]
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "checkpoint.pt.sha256"]
 
 
 def test_old_checkpoint_version_is_refused(tmp_path, capsys) -> None:
@@ -157,10 +162,13 @@ def test_old_checkpoint_version_is_refused(tmp_path, capsys) -> None:
     ck_path = tmp_path / "run" / "checkpoint.pt"
     ck = torch.load(ck_path, weights_only=True)
     ck["version"] = 1
-    torch.save(ck, ck_path)
+    save_checkpoint(str(ck_path), ck)
     capsys.readouterr()
     rc = cli.main(["train", "--resume", str(tmp_path / "run"), "--iterations", "4", "--no-progress"])
-    _one_line_error(capsys, rc, "has format version 1 (written by an older wgan-ext); this wgan-ext reads version 2")
+    err = capsys.readouterr().err
+    assert rc == 4 and err.splitlines() == [
+        f"wgan-ext train: error: checkpoint '{ck_path}' has format version 1 (written by an older wgan-ext); "
+        "this wgan-ext reads version 2", "start a new run"]
 
 
 def test_resume_of_a_finished_run_says_nothing_to_do(tmp_path, capsys) -> None:
@@ -206,6 +214,7 @@ def test_no_subcommand_prints_help(capsys) -> None:
     assert "train" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_real_process_saves_and_resumes(tmp_path) -> None:
     """SIGINT to a running ``python -m wgan_ext.cli train``: exit 130 with a checkpoint; then
     ``--resume`` finishes the run."""
@@ -256,6 +265,7 @@ def _set_columns(fd: int, columns: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
 
 
+@pytest.mark.slow
 def test_terminal_of_zero_columns_gets_period_lines(tmp_path, capsys, monkeypatch) -> None:
     """A pseudo-terminal that reports 0 columns gets the lines a pipe gets, not a bar."""
     from wgan_ext.train_report import use_bar

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from _dist_util import NEEDS_GLOO, init_gloo, require_fsdp2, spawn
 
-pytestmark = [NEEDS_GLOO]
+pytestmark = [NEEDS_GLOO, pytest.mark.slow]  # every test here spawns processes
 
 WORLD = 2
 C = 0.01

@@ -1,4 +1,4 @@
-"""Distance helpers against the seed's worked examples, closed forms and independent computations."""
+"""Distance helpers against the worked examples of "From GAN to WGAN", closed forms and independent computations."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from wgan_ext import metrics as M
 
 
 def test_em_worked_example_is_5() -> None:
-    # seed 002: P = (3, 2, 1, 4), Q = (1, 2, 4, 3); deltas 2, 2, -1, 0 -> W = 5
+    # "From GAN to WGAN": P = (3, 2, 1, 4), Q = (1, 2, 4, 3); deltas 2, 2, -1, 0 -> W = 5
     assert M.em_distance_1d([3, 2, 1, 4], [1, 2, 4, 3]) == 5.0
 
 

@@ -126,6 +126,7 @@ WITHOUT_TORCHGAN = BLOCK_TORCHGAN + textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_import_works_without_torchgan():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(

@@ -15,7 +15,12 @@ def test_readme_has_examples():
     assert len(BLOCKS) >= 3
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+# The examples that train a GAN (a Trainer, or the paper's schedule of 100 critic updates) take seconds.
+TRAINS = [i for i, block in enumerate(BLOCKS) if "Trainer(" in block or ".paper(" in block]
+
+
+@pytest.mark.parametrize("index", [pytest.param(i, marks=[pytest.mark.slow] if i in TRAINS else [])
+                                   for i in range(len(BLOCKS))])
 def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # examples write runs/... relative to the working directory
     namespace: dict = {"__name__": "__readme__"}

@@ -142,6 +142,7 @@ def test_custom_schedule_counts(tmp_path):
     assert log.critic_runs() == expected
 
 
+@pytest.mark.slow
 def test_paper_schedule_counts(tmp_path):
     # 100 critic iterations before each of the first 25 generator iterations, then n_critic=5.
     trainer = make_trainer(
@@ -168,7 +169,7 @@ def _reference_run(trainer, g0, d0, dl, k, **kwargs):
         ("mlp", "GD", 5, {"schedule": "paper"}, 2, 201, {"schedule": "paper"}),
         ("mlp", "GD", 1, {"schedule": CriticSchedule(2, boost=4, warmup=1, every=3)}, 5, 17,
          {"schedule": CriticSchedule(2, boost=4, warmup=1, every=3)}),
-        ("dcgan", "GD", 5, {}, 2, 11, {}),
+        pytest.param("dcgan", "GD", 5, {}, 2, 11, {}, marks=pytest.mark.slow),
     ],
 )
 def test_trainer_matches_hand_written_algorithm1(tmp_path, kind, order, ncritic, critic_kwargs, k, n_batches, ref_kwargs):

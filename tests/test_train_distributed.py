@@ -107,6 +107,7 @@ def _critic_max(ck) -> float:
 # ----------------------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow
 def test_torchrun_main_job_writes_one_run_folder_from_rank_0(tmp_path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -135,6 +136,7 @@ def test_torchrun_main_job_writes_one_run_folder_from_rank_0(tmp_path) -> None:
     assert str(run / T.CHECKPOINT_NAME) in by_rank_0 and str(run / "summary.json") in by_rank_0
 
 
+@pytest.mark.slow
 def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path) -> None:
     require_fsdp2()
     work = tmp_path / "work"
@@ -184,6 +186,7 @@ def _ddp_worker(rank: int, tmp: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_replicas_agree_and_ctrl_c_on_one_rank_resumes_exactly() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spawn(_ddp_worker, (tmp,), nprocs=2)
@@ -256,6 +259,7 @@ def test_nproc_under_torchrun_is_refused(tmp_path, capsys, monkeypatch) -> None:
                                        "under torchrun, leave it out\n")
 
 
+@pytest.mark.slow
 def test_resume_needs_the_same_number_of_processes(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     assert cli.main(["train", "--out", str(run), *TINY, "--iterations", "2", "--log-every", "2"]) == 0

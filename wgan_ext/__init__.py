@@ -8,20 +8,25 @@
 * torchgan loss plugins (``pip install wgan-ext[torchgan]``): ``WassersteinGeneratorLoss``,
   ``WassersteinCriticLoss`` ... imported on first access, so ``import wgan_ext`` works without
   torchgan.
+
+Every name is imported on first access: ``import wgan_ext`` (and so the start of the
+``wgan-ext`` command, whose Ctrl-C handling must be in place before torch loads) takes
+milliseconds.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from . import functional
 from ._version import __version__
-from .functional import CriticSchedule
-from .ops import FusedClipper, fused_clip_
-from .optim import ClippedRMSprop
 
 # name -> submodule, imported on first access (torchgan only when a loss class is touched)
 _LAZY = {
+    "functional": "functional",
+    "CriticSchedule": "functional",
+    "fused_clip_": "ops",
+    "FusedClipper": "ops",
+    "ClippedRMSprop": "optim",
     "WassersteinGeneratorLoss": "losses",
     "WassersteinCriticLoss": "losses",
     "WassersteinDiscriminatorLoss": "losses",
@@ -47,7 +52,8 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = module if name == _LAZY[name] else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,9 +2,9 @@
 
 ``wgan-ext train`` with no arguments trains a weight-clipped WGAN (Algorithm 1) on 8 gaussians
 through a torchgan Trainer with this package's losses, in a few minutes on a laptop CPU.
-Exit codes: 0 done (or, with ``--resume``, nothing left to do), 2 bad input (one line on stderr,
-plus torch's reason on a second for an unreadable checkpoint; nothing written or lost), 130
-interrupted (a checkpoint was saved; continue with ``--resume``), 1 an I/O failure during the run.
+Every failure is one or two lines on stderr (what happened, what to do) and an exit code of its
+own (:data:`wgan_ext.train_errors.EXIT_CODES`, listed in ``wgan-ext train --help``); 1 is left
+to Python for an unexpected error.
 """
 
 from __future__ import annotations
@@ -26,6 +26,34 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, but the exit-code table of the epilog keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit codes:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+# The [train] extras: import name -> distribution (pyproject.toml's optional-dependencies).
+TRAIN_EXTRAS = {"torchgan": "torchgan", "torchvision": "torchvision", "scipy": "scipy", "sklearn": "scikit-learn",
+                "matplotlib": "matplotlib", "tqdm": "tqdm", "PIL": "pillow"}
+
+
+def _missing_extras() -> List[str]:
+    """The distributions of the [train] extras that cannot be imported (not installed)."""
+    missing = []
+    for module, dist in TRAIN_EXTRAS.items():
+        try:
+            found = sys.modules[module] is not None if module in sys.modules else \
+                importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(dist)
+    return missing
 
 
 def _positive_int(s: str) -> int:
@@ -75,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Weight-clipped WGAN to the letter of the paper, on torchgan.")
     sub = parser.add_subparsers(dest="command", metavar="{train,info}", parser_class=_Parser)
     sub.add_parser("info", help="build and kernel information (fused clip backends)", add_help=False)
+    from .train_errors import EXIT_CODES
+
     t = sub.add_parser(
         "train",
+        formatter_class=_Formatter,
+        epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items()),
         help=f"train a WGAN (default: weight-clipped, {cfg.dataset}, a few minutes on CPU)",
         description=(
             "Train a WGAN through a torchgan Trainer with wgan-ext's losses. With no arguments: "
@@ -103,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = t.add_argument_group("algorithm")
     a.add_argument("--loss", choices=LOSSES, default=S,
                    help="clip: weight-clipped WGAN (Algorithm 1); gp: WGAN-GP; hinge: hinge loss with "
-                        f"clipping (seed 001). Default {cfg.loss}")
+                        f"clipping (the critic loss of labml.ai's annotated WGAN). Default {cfg.loss}")
     a.add_argument("--c", type=_float, default=S, help=f"clip critic weights to [-c, c] (clip, hinge; default {PAPER_C:g})")
     a.add_argument("--n-critic", type=_positive_int, default=S,
                    help=f"critic updates per generator update (default {cfg.n_critic})")
@@ -231,23 +263,17 @@ def _forwarded(args: argparse.Namespace, explicit: Dict[str, Any], resume_out: O
 
 def _launch(args: argparse.Namespace, explicit: Dict[str, Any]) -> int:
     """``--nproc N``: check the input here (one line, exit 2), then run N workers."""
-    from .data import DataError
     from .train import TrainConfig, TrainError, plan
     from .train_distributed import check_devices, gloo_available, launch, launched
 
     n = args.nproc
-    try:
-        if launched():
-            raise TrainError(f"--nproc {n} launches its own processes; under torchrun, leave it out")
-        if not gloo_available():
-            raise TrainError(f"--nproc {n} needs torch.distributed with gloo, which this torch lacks")
-        p = plan(TrainConfig(**explicit), resume=args.resume is not None, resume_from=args.resume or None,
-                 explicit=explicit, world_size=n, distributed=True)
-        check_devices(p.cfg.device, n)
-    except (TrainError, DataError) as e:
-        return _err(str(e))
-    except OSError as e:
-        return _err(f"could not write{_where(e)}: {e.strerror or e}", 1)
+    if launched():
+        raise TrainError(f"--nproc {n} launches its own processes; under torchrun, leave it out")
+    if not gloo_available():
+        raise TrainError(f"--nproc {n} needs torch.distributed with gloo, which this torch lacks")
+    p = plan(TrainConfig(**explicit), resume=args.resume is not None, resume_from=args.resume or None,
+             explicit=explicit, world_size=n, distributed=True)
+    check_devices(p.cfg.device, n)
     if p.done is not None:
         return _nothing_to_do(p.out, p.done, p.cfg.iterations)
     return launch(n, _forwarded(args, explicit, p.out if args.resume is not None else None, p.out))
@@ -265,27 +291,31 @@ def _nothing_to_do(out: str, done: int, iterations: int) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """``wgan-ext train``: every failure becomes its message and exit code (see EXIT_CODES)."""
+    missing = _missing_extras()  # before anything is created
+    if missing:
+        return _err(f"missing packages of the [train] extras: {', '.join(missing)}\n"
+                    f'install them with: pip install "wgan-ext[train]"', 3)
     from .data import DataError
-    from .train import TrainConfig, TrainError, run
+    from .train import TrainError
+
+    try:
+        return _train_or_launch(args)
+    except (TrainError, DataError) as e:
+        return _err(str(e), getattr(e, "exit_code", 2))
+    except OSError as e:  # writing the run folder before the run (its own errors say what is kept)
+        return _err(f"could not write{_where(e)}: {e.strerror or e}", 6)
+
+
+def _train_or_launch(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, run
 
     fields = TrainConfig.__dataclass_fields__
     explicit = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.nproc is not None:
         return _launch(args, explicit)
-    try:
-        cfg = TrainConfig(**explicit)
-        result = run(
-            cfg,
-            resume=args.resume is not None,
-            resume_from=args.resume or None,
-            explicit=explicit,
-            progress=args.progress,
-            quiet=args.quiet,
-        )
-    except (TrainError, DataError) as e:
-        return _err(str(e))
-    except OSError as e:  # disk full, folder removed mid-run, ...
-        return _err(f"could not write{_where(e)}: {e.strerror or e}", 1)
+    result = run(TrainConfig(**explicit), resume=args.resume is not None, resume_from=args.resume or None,
+                 explicit=explicit, progress=args.progress, quiet=args.quiet)
     if result.nothing_to_do:
         s = result.summary
         return _nothing_to_do(result.out, s["generator_iterations"], s["iterations"])
@@ -312,7 +342,18 @@ def _info(argv: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``wgan-ext`` console script; returns the exit code."""
+    """Entry point of the ``wgan-ext`` console script; returns the exit code. Ctrl-C at any
+    moment is one or two lines and exit code 130, never a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # the run's own message says what is kept; else nothing was yet
+        if _rank() == 0:
+            print(f"{PROG}: {str(e) or 'interrupted before the run started; nothing to keep: run the same command again'}",
+                  file=sys.stderr)
+        return 130
+
+
+def _main(argv: Optional[List[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "info":  # info parses its own arguments
         return _info(argv[1:])

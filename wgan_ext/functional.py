@@ -12,7 +12,7 @@ Sign conventions (``f`` is the critic, ``x`` real data, ``G(z)`` generated data)
   ``W = E[f(x)] - E[f(G(z))] = -loss``; it should shrink towards 0 as training converges;
 * generator loss: ``-E[f(G(z))]``.
 
-Paper defaults (Arjovsky et al. 2017, Algorithm 1; seed 002): :data:`PAPER_LR` = 5e-5 (RMSProp),
+Paper defaults (Arjovsky et al. 2017, Algorithm 1): :data:`PAPER_LR` = 5e-5 (RMSProp),
 :data:`PAPER_C` = 0.01, :data:`PAPER_BATCH_SIZE` = 64, :data:`PAPER_N_CRITIC` = 5; gradient
 penalty weight :data:`GP_LAMBDA` = 10 (Gulrajani et al. 2017).
 """
@@ -191,14 +191,14 @@ def wasserstein_estimate(f_real: Tensor, f_fake: Tensor) -> Tensor:
 
 
 def hinge_generator_loss(f_fake: Tensor, reduction: str = "mean") -> Tensor:
-    r"""Hinge generator loss :math:`-\mathbb{E}[f(G(z))]` (seed 001; same as the Wasserstein one)."""
+    r"""Hinge generator loss :math:`-\mathbb{E}[f(G(z))]` (labml.ai's annotated WGAN; same as the Wasserstein one)."""
     return reduce(-f_fake, reduction)
 
 
 def hinge_critic_loss(f_real: Tensor, f_fake: Tensor, reduction: str = "mean") -> Tensor:
     r"""Hinge critic loss :math:`\mathbb{E}[\max(0, 1 - f(x))] + \mathbb{E}[\max(0, 1 + f(G(z)))]`.
 
-    From seed 001 (``relu(1 - f_real).mean() + relu(1 + f_fake).mean()``). With ``"none"``, the
+    From labml.ai's annotated PyTorch WGAN (``relu(1 - f_real).mean() + relu(1 + f_fake).mean()``). With ``"none"``, the
     per-element sum of the two terms (the batches must then have the same shape).
     """
     real_term = F.relu(1.0 - f_real)

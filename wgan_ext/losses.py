@@ -421,7 +421,7 @@ class WassersteinGeneratorLoss(GeneratorLoss):
 
 
 class HingeGeneratorLoss(WassersteinGeneratorLoss):
-    r"""Hinge-GAN generator loss (seed 001): the same formula as the Wasserstein one.
+    r"""Hinge-GAN generator loss (labml.ai's annotated WGAN): the same formula as the Wasserstein one.
 
     .. math:: L(G) = -\mathbb{E}_{z \sim p(z)}[f(G(z))]
 
@@ -767,7 +767,7 @@ class WassersteinGradientPenalty(CriticLossBase):
 
 
 class HingeCriticLoss(CriticLossBase):
-    r"""Hinge critic loss (seed 001).
+    r"""Hinge critic loss (labml.ai's annotated PyTorch WGAN).
 
     .. math:: L(f) = \mathbb{E}_x[\max(0, 1 - f(x))] + \mathbb{E}_z[\max(0, 1 + f(G(z)))]
 

@@ -5,8 +5,8 @@ constant ``K`` (Arjovsky et al. 2017). On 2-D toy data we can compute W1 itself 
 sample sets (an optimal assignment is an optimal transport plan between two uniform empirical
 measures with the same number of atoms), and check how well the critic's estimate tracks it.
 
-Also here: the closed-form distances of the seed's worked examples (the discrete EM example and
-the parallel-lines example), which the tests use to check the helpers.
+Also here: the closed-form distances of the worked examples in Lilian Weng's "From GAN to
+WGAN" (the discrete EM example and the parallel-lines example), which the tests use to check the helpers.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def exact_w1(x: ArrayLike, y: ArrayLike) -> float:
 def em_distance_1d(p: ArrayLike, q: ArrayLike, spacing: float = 1.0) -> float:
     """Earth mover's distance between two piles of dirt on evenly spaced cells of a line.
 
-    The seed's worked example: moving ``P = (3, 2, 1, 4)`` onto ``Q = (1, 2, 4, 3)`` carries
+    The worked example of "From GAN to WGAN": moving ``P = (3, 2, 1, 4)`` onto ``Q = (1, 2, 4, 3)`` carries
     ``delta_i = delta_{i-1} + P_i - Q_i`` across each cell boundary, and the cost is the sum of
     ``|delta_i|``: here ``2 + 2 + 1 + 0 = 5``. Masses are not normalised (the answer is in
     "mass x cells"); ``p`` and ``q`` must hold the same total mass.
@@ -109,7 +109,8 @@ def js_divergence(p: ArrayLike, q: ArrayLike) -> float:
 
 
 def parallel_lines(theta: float, n: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed's parallel-lines pair: ``P = (0, y)``, ``Q = (theta, y)``, ``y ~ U(0, 1)``.
+    """The parallel-lines pair (WGAN paper, "From GAN to WGAN"): ``P = (0, y)``, ``Q = (theta, y)``,
+    ``y ~ U(0, 1)``.
 
     Both sets use the same ``y`` values, so the optimal matching pairs each point with its
     horizontal neighbour and the empirical W1 equals ``|theta|`` exactly.
@@ -121,7 +122,7 @@ def parallel_lines(theta: float, n: int, generator: Optional[torch.Generator] = 
 
 
 def parallel_lines_distances(theta: float) -> dict[str, float]:
-    """Closed-form distances of the parallel-lines example (seed 002, section 6.2).
+    """Closed-form distances of the parallel-lines example ("From GAN to WGAN", section 6.2).
 
     ``W = |theta|``; for ``theta != 0``: ``JS = log 2`` and ``KL = +inf`` both ways;
     for ``theta = 0`` all are 0.

@@ -7,7 +7,7 @@
 * :func:`wgan_network`: the ``models`` dict of ``torchgan.trainer.Trainer`` for torchgan's DCGAN
   models or the MLPs, with RMSprop lr = 5e-5 (paper defaults; batch 64, c = 0.01 and
   n_critic = 5 belong to the DataLoader, the critic loss and the Trainer -- see
-  :data:`PAPER_DEFAULTS`), and ``bias=False`` to drop bias terms (seed 003).
+  :data:`PAPER_DEFAULTS`), and ``bias=False`` to drop bias terms (as shekkizh's TensorFlow WGAN on CelebA does).
 * :func:`remove_bias_`: drop the bias of every Linear / Conv / ConvTranspose layer of a module.
 
 Example:
@@ -108,7 +108,7 @@ class MLPCritic(_DiscriminatorBase):
         in_shape: shape of one sample, e.g. ``(1, 28, 28)`` or ``2``.
         hidden: units per hidden layer (512 in the paper).
         n_hidden: number of hidden ReLU layers (3 in the paper).
-        bias: ``False`` drops every bias (seed 003).
+        bias: ``False`` drops every bias (as shekkizh's TensorFlow WGAN does).
         label_type: torchgan's label type; only ``"none"`` is supported.
     """
 
@@ -140,7 +140,7 @@ class MLPGenerator(_GeneratorBase):
         out_shape: shape of one sample, e.g. ``(1, 28, 28)`` or ``2``.
         hidden: units per hidden layer (512 in the paper).
         n_hidden: number of hidden ReLU layers (3 in the paper).
-        bias: ``False`` drops every bias (seed 003).
+        bias: ``False`` drops every bias (as shekkizh's TensorFlow WGAN does).
         tanh: squash the output to ``(-1, 1)`` (images scaled to [-1, 1]); the paper's code has
             no output nonlinearity.
         label_type: torchgan's label type; only ``"none"`` is supported.
@@ -168,8 +168,9 @@ class MLPGenerator(_GeneratorBase):
 def remove_bias_(module: nn.Module) -> nn.Module:
     """Drop the bias of every ``nn.Linear`` / ``nn.Conv*`` / ``nn.ConvTranspose*`` in ``module``.
 
-    Seed 003 removes all bias terms of a DCGAN-like WGAN. Batch-norm shifts are kept (they are
-    part of the normalisation, and torchgan's DCGAN already omits conv biases before batch norm).
+    shekkizh's TensorFlow WGAN (CelebA) removes all bias terms of a DCGAN-like WGAN. Batch-norm
+    shifts are kept (they are part of the normalisation, and torchgan's DCGAN already omits conv
+    biases before batch norm).
     Call it before creating the optimizer. Returns ``module``.
     """
     for m in module.modules():
@@ -191,7 +192,7 @@ def dcgan_critic(*, bias: bool = True, **kwargs: Any) -> nn.Module:
 
     torchgan's default last nonlinearity is ``LeakyReLU(0.2)``; a critic's output is an
     unbounded score, so ``last_nonlinearity`` defaults to ``nn.Identity()`` here. ``bias=False``
-    drops every conv bias (seed 003).
+    drops every conv bias (as shekkizh's TensorFlow WGAN does).
     """
     from torchgan.models import DCGANDiscriminator as _D
 
@@ -231,7 +232,7 @@ def wgan_network(
         hidden, n_hidden: MLP width and depth (512, 3 in the paper).
         tanh: MLP generator output ``tanh`` (default: on for images, i.e. when ``sample_shape``
             is not given; DCGAN always has it).
-        bias: ``False`` removes bias terms from both networks (seed 003).
+        bias: ``False`` removes bias terms from both networks (as shekkizh's TensorFlow WGAN does).
         lr: learning rate (paper: 5e-5).
         optimizer: optimizer class (paper: ``torch.optim.RMSprop``).
         optimizer_args: extra optimizer arguments (merged over ``{"lr": lr}``).

@@ -1,4 +1,4 @@
-r"""A hand-written Algorithm 1 (Arjovsky et al. 2017; seed 002) in plain PyTorch: the yardstick.
+r"""A hand-written Algorithm 1 (Arjovsky et al. 2017) in plain PyTorch: the yardstick.
 
 Deliberately independent of :mod:`wgan_ext.functional`, :mod:`wgan_ext.losses` and
 :func:`wgan_ext.fused_clip_`: it spells the algorithm out with ``torch.optim.RMSprop`` and

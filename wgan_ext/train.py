@@ -55,14 +55,19 @@ from .train_checkpoint import (
     save_checkpoint,
 )
 from .train_config import LOSSES, OPTIMIZERS, SCHEDULES, TOY_DEFAULTS, TrainConfig, TrainError, resolve_config
+from .train_errors import CheckpointError, DivergedError, RunWriteError
 from .train_eval import Evaluator
+from .train_limits import check_memory, check_numbers
 from .train_report import PeriodStats, Reporter, atomic_write_text, json_safe, summarize
 from .train_setup import TrainerHooks, build_losses, build_network, build_trainer
 
 __all__ = [
     "TrainConfig", "TrainError", "RunResult", "LOSSES", "OPTIMIZERS", "SCHEDULES", "TOY_DEFAULTS",
-    "CHECKPOINT_NAME", "resolve_config", "run", "plan", "load_checkpoint", "save_checkpoint", "find_resume_dir",
+    "CHECKPOINT_NAME", "CONFIG_NAME", "resolve_config", "run", "plan", "load_checkpoint", "save_checkpoint",
+    "find_resume_dir", "CheckpointError", "DivergedError", "RunWriteError",
 ]
+
+CONFIG_NAME = "config.json"
 
 # Settings that change what is trained; a resumed run must keep them.
 _FIXED_ON_RESUME = (
@@ -126,7 +131,8 @@ def _default_out(cfg: TrainConfig) -> str:
 
 def find_resume_dir(path: Optional[str], out: Optional[str]) -> str:
     """The run folder to resume: ``path`` (a run folder or its checkpoint file), else ``out``,
-    else the most recently written run under ``./runs`` that has a checkpoint."""
+    else the most recently written run under ``./runs`` that has a checkpoint (or only its
+    config: a run that stopped before its first checkpoint)."""
     for candidate in (path, out):
         if candidate:
             if os.path.isfile(candidate):
@@ -137,9 +143,11 @@ def find_resume_dir(path: Optional[str], out: Optional[str]) -> str:
     runs = []
     if os.path.isdir("runs"):
         for name in os.listdir("runs"):
-            ck = os.path.join("runs", name, CHECKPOINT_NAME)
-            if os.path.isfile(ck):
-                runs.append((os.path.getmtime(ck), os.path.join("runs", name)))
+            for kept in (CHECKPOINT_NAME, CONFIG_NAME):
+                path = os.path.join("runs", name, kept)
+                if os.path.isfile(path):
+                    runs.append((os.path.getmtime(path), os.path.join("runs", name)))
+                    break
     if not runs:
         raise TrainError("nothing to resume: no run with a checkpoint under ./runs (pass --out RUN_DIR)")
     return max(runs)[1]
@@ -163,7 +171,46 @@ def _resumed_config(ck: Dict[str, Any], out: str, explicit: Dict[str, Any]) -> T
     return cfg
 
 
+def _check_one_folder(resume_from: Optional[str], out: Optional[str], run_dir: str) -> None:
+    """``--resume RUN --out OTHER``: a resumed run writes into its own folder only."""
+    if resume_from and out and os.path.realpath(out) != os.path.realpath(run_dir):
+        raise TrainError(f"--resume {resume_from} continues the run in {run_dir!r}, in that folder; --out {out} "
+                         "names another: leave out --out (a resumed run is not copied)")
+
+
+def _read_config(out: str) -> Dict[str, Any]:
+    path = os.path.join(out, CONFIG_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path!r} is unreadable ({e})\nstart a new run with another --out") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path!r} holds no run config\nstart a new run with another --out")
+    return saved
+
+
+def _check_saved_config(cfg: TrainConfig, ck_path: str) -> None:
+    """The checkpoint's own settings are valid (those a resumed run may change are checked later,
+    as the user's input)."""
+    try:
+        saved = dataclasses.replace(cfg, device="cpu", threads=None, world_size=cfg.world_size)
+        check_numbers(resolve_config(saved))
+    except (TrainError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {ck_path!r} holds an invalid setting: {e}\n"
+                              "it was altered after it was written: restore it from a backup, or start a new run") from None
+
+
 # ----------------------------------------------------------------------------- the run
+
+
+def _non_finite(models: Dict[str, Optional[torch.nn.Module]]) -> Optional[str]:
+    """``"generator and critic weights"`` (those of the models with a NaN or inf parameter; this
+    process's shard of a sharded one), else None."""
+    bad = [name for name, model in models.items() if model is not None and not all(
+        bool(torch.isfinite((p.to_local() if hasattr(p, "to_local") else p).detach()).all())
+        for p in model.parameters())]
+    return f"{' and '.join(bad)} weights" if bad else None
 
 
 class _Interrupted(Exception):
@@ -209,6 +256,7 @@ class _Run:
         self.next_period = 0
         self.elapsed = 0.0
         self.interrupt_requested = False
+        self.checkpoint_at: Optional[int] = None  # generator iterations of the last checkpoint written or loaded
         self._seen = (0, 0)  # (critic, generator) updates already reported
         self._t0 = time.perf_counter()
 
@@ -276,6 +324,12 @@ class _Run:
             row.update(scores)
             row["time_s"] = round(self.elapsed, 3)
             self.history.append(row)
+            bad = _non_finite({"generator": G, "critic": C})
+            if bad is None and not bool(torch.isfinite(fake).all()):
+                bad = "generated samples"
+            if bad is not None:  # the row (NaN scores) goes to metrics.csv; nothing is plotted
+                self.reporter.diverged(self.history)
+                raise DivergedError(self._diverged_message(bad))
             device = self.device
             self.reporter.period(row, self.history, fake, lambda x: C(x.to(device)).cpu())
 
@@ -284,7 +338,20 @@ class _Run:
             self.history.append(row)
 
     # -- checkpoint ---------------------------------------------------------------------------
+    def _diverged_message(self, what: str) -> str:
+        at = f"training diverged: the {what} hold NaN or inf at generator iteration {self.gen_updates}"
+        if self.checkpoint_at is None:
+            kept = "no checkpoint was written before it"
+        else:
+            kept = f"{self.out} keeps the checkpoint of generator iteration {self.checkpoint_at}, the last finite one"
+        return f"{at}\n{kept}; start a new run with a smaller --lr than {self.cfg.lr:g}"
+
     def write_checkpoint(self) -> None:
+        """Write the checkpoint, unless the weights are no longer finite (then
+        :class:`DivergedError`: the previous checkpoint stays)."""
+        bad = _non_finite({"generator": self.trainer.generator, "critic": self.trainer.discriminator})
+        if self.world.any(bad is not None):
+            raise DivergedError(self._diverged_message(bad or "weights of another process"))
         loop = {"stream_position": self.stream.position, "next_period": self.next_period,
                 "period_stats": self.stats.state_dict(), "history": [dict(r) for r in self.history],
                 "elapsed": self.elapsed}
@@ -300,6 +367,7 @@ class _Run:
             save_checkpoint(os.path.join(self.out, CHECKPOINT_NAME), payload)
 
         self.world.share(save)  # one process: just save()
+        self.checkpoint_at = self.gen_updates
 
     def restore(self, ck: Dict[str, Any]) -> None:
         # A checkpoint of one process has no "ranks"; one of several always has (see plan).
@@ -318,6 +386,7 @@ class _Run:
         self.history = [dict(r) for r in loop["history"]]
         self.elapsed = float(loop["elapsed"])
         self.trainer.start_epoch = self.next_period
+        self.checkpoint_at = self.gen_updates
 
     # -- the loop -----------------------------------------------------------------------------
     def train(self) -> bool:
@@ -386,23 +455,35 @@ def plan(cfg: TrainConfig, *, resume: bool = False, resume_from: Optional[str] =
         TrainError / DataError: bad input; nothing in an existing run folder is modified.
     """
     ck = None
+    restart = False  # resuming a run that stopped before its first checkpoint: start its config afresh
     if resume:
         out = find_resume_dir(resume_from, cfg.out)
-        ck = load_checkpoint(os.path.join(out, CHECKPOINT_NAME))
-        cfg = _resumed_config(ck, out, explicit or {})
-        if cfg.world_size != world_size:
+        _check_one_folder(resume_from, cfg.out, out)
+        ck_path = os.path.join(out, CHECKPOINT_NAME)
+        if not os.path.isfile(ck_path) and not os.path.isfile(os.path.join(out, CONFIG_NAME)):
+            raise TrainError(f"nothing to resume: {out!r} holds no {CHECKPOINT_NAME} and no {CONFIG_NAME}")
+        if not os.path.isfile(ck_path):
+            cfg = dataclasses.replace(_resumed_config({"config": _read_config(out)}, out, explicit or {}),
+                                      world_size=world_size)
+            restart = True
+        else:
+            ck = load_checkpoint(ck_path)
+            cfg = _resumed_config(ck, out, explicit or {})
+            _check_saved_config(cfg, ck_path)
+        if ck is not None and cfg.world_size != world_size:
             raise TrainError(
                 f"{out!r} was trained by {cfg.world_size} process(es) and resumes only with as many "
                 f"(torchrun --nproc-per-node / --nproc {cfg.world_size}), not {world_size}: each keeps its random "
                 "stream in the checkpoint")
-        if world_size > 1 and len(ck.get("ranks") or ()) != world_size:
-            raise TrainError(f"checkpoint {os.path.join(out, CHECKPOINT_NAME)!r} is incomplete (no state of each "
-                             f"of its {world_size} processes)")
-    else:
-        if cfg.iterations is not None and cfg.epochs is not None:
+        if ck is not None and world_size > 1 and len(ck.get("ranks") or ()) != world_size:
+            raise CheckpointError(f"checkpoint {ck_path!r} is incomplete (no state of each of its {world_size} "
+                                  "processes)\nrestore it from a backup, or start a new run")
+    if ck is None:
+        if not restart and cfg.iterations is not None and cfg.epochs is not None:
             raise TrainError("give --iterations or --epochs, not both")
         cfg = dataclasses.replace(cfg, world_size=world_size)
         resolve_config(cfg)  # fail on bad values before touching any data or file
+    check_numbers(cfg)
     if cfg.fsdp:
         if not distributed:
             raise TrainError("--fsdp shards the critic over several processes: launch with torchrun "
@@ -414,13 +495,14 @@ def plan(cfg: TrainConfig, *, resume: bool = False, resume_from: Optional[str] =
     cfg = resolve_config(cfg, built)
     if ck is None:
         out = cfg.out or _default_out(cfg)
-        if os.path.isfile(os.path.join(out, CHECKPOINT_NAME)) or os.path.isfile(os.path.join(out, "config.json")):
+        if os.path.isfile(os.path.join(out, CHECKPOINT_NAME)):
             raise TrainError(f"{out!r} already holds a run; continue it with --resume or choose another --out")
-        cfg.out = out
+        cfg.out = out  # a folder with a config but no checkpoint never trained: it starts again
     else:
         done = generator_updates(ck)
         if done >= cfg.iterations:
             return _Plan(cfg, out, ck, done)
+    check_memory(cfg, built, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) if distributed else 1)
     _prepare_out(out)
     return _Plan(cfg, out, ck)
 
@@ -491,19 +573,54 @@ def _run(world: TD.World, cfg: TrainConfig, *, resume: bool, resume_from: Option
     source = world.agree(this_rank_source)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    run_: Optional[_Run] = None
     try:
         run_ = _Run(cfg, source, out, progress=progress, quiet=quiet, on_batch=on_batch, world=world)
         if ck is not None:
             run_.restore(ck)
-        world.share(lambda: atomic_write_text(os.path.join(out, "config.json"),
+        world.share(lambda: atomic_write_text(os.path.join(out, CONFIG_NAME),
                                               json.dumps(json_safe(cfg.to_dict()), indent=2) + "\n"))
         interrupted = run_.train()
+        summary = _summary(run_, world, out, interrupted)
+        world.share(lambda: _write_summary(out, summary))
+    except DivergedError:
+        if run_ is not None:  # what it did until then, for the record; the error says the rest
+            diverged = _summary(run_, world, out, False)
+            diverged["diverged_at"] = run_.gen_updates
+            with contextlib.suppress(OSError):
+                world.share(lambda: _write_summary(out, diverged))
+        raise
+    except OSError as e:  # disk full, folder removed, ...: say what is kept
+        raise RunWriteError(_stopped(f"could not write {e.filename or out!r}: {e.strerror or e}", out)) from None
+    except KeyboardInterrupt:  # before the run's own handler is installed, or a second Ctrl-C
+        raise KeyboardInterrupt(_stopped("interrupted", out)) from None
     finally:
         torch.set_num_threads(threads_before)
+    return RunResult(out=out, summary=summary, interrupted=interrupted)
+
+
+def _summary(run_: _Run, world: TD.World, out: str, interrupted: bool) -> Dict[str, Any]:
     if world.writer:
         summary = run_.summary(interrupted)
     else:  # rank 0 reports
         summary = {"generator_iterations": run_.gen_updates, "interrupted": interrupted, "world_size": world.world_size}
     summary["out"] = out
-    world.share(lambda: atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n"))
-    return RunResult(out=out, summary=summary, interrupted=interrupted)
+    return summary
+
+
+def _write_summary(out: str, summary: Dict[str, Any]) -> None:
+    atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+
+
+def _stopped(what: str, out: str) -> str:
+    """Two lines: ``what`` happened, and what the run folder keeps and how to go on."""
+    ck = os.path.join(out, CHECKPOINT_NAME)
+    if os.path.isfile(ck):
+        try:
+            kept = f"the checkpoint of generator iteration {generator_updates(load_checkpoint(ck))}"
+        except TrainError:
+            kept = "its last checkpoint"
+        return f"{what}\n{out} keeps {kept}: continue with: wgan-ext train --resume {out}"
+    if os.path.isfile(os.path.join(out, CONFIG_NAME)):
+        return f"{what} before the first checkpoint\nstart it again with: wgan-ext train --resume {out}"
+    return f"{what} before the run started; nothing to keep: run the same command again"

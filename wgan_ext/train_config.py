@@ -137,7 +137,7 @@ def resolve_config(cfg: TrainConfig, source: Optional[D.DataSource] = None) -> T
     if c.c is not None:
         _check(math.isfinite(c.c) and c.c > 0, f"c must be > 0 (weights are clipped to [-c, c]), got {c.c}")
     if c.loss in ("clip", "hinge") and c.c is None:
-        c.c = WF.PAPER_C  # Algorithm 1; seed 001's hinge WGAN clips the same way
+        c.c = WF.PAPER_C  # Algorithm 1; labml.ai's hinge WGAN clips the same way
     if c.optimizer is None:
         # WGAN-GP uses Adam; the clipped WGANs RMSProp, with the clip fused into its step.
         c.optimizer = "adam" if c.loss == "gp" else "clipped-rmsprop"

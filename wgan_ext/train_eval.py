@@ -61,6 +61,8 @@ class Evaluator:
             row: Dict[str, Any] = dict.fromkeys(SCORES, math.nan)
             row["critic_w_eval"] = M.critic_estimate(lambda x: C(x.to(self.device)).cpu(), self.real, fake)
             row["w1_floor"] = self.w1_floor
+            if not bool(torch.isfinite(fake).all()):  # diverged: NaN scores (the assignment would raise)
+                return row, fake
             if self.real[0].numel() <= 4096:  # pixel-space W1 for small images is cheap and still says something
                 row["w1"] = M.exact_w1(fake, self.real)
             if self.modes is not None:

@@ -166,6 +166,11 @@ class Reporter:
         elif not self.quiet and row["gen_iter"] > 0:
             print(self._period_line(row), file=self.stdout, flush=True)
 
+    def diverged(self, history: List[Dict[str, Any]]) -> None:
+        """The evaluation that found the run diverged: its row (NaN scores) goes to ``metrics.csv``;
+        nothing is plotted."""
+        _write_metrics(os.path.join(self.out, "metrics.csv"), history)
+
     def _period_line(self, row: Dict[str, Any]) -> str:
         s = (f"[{row['gen_iter']:>6}/{self.cfg.iterations}] critic W estimate {row['critic_w']:.4g}  "
              f"generator loss {row['gen_loss']:.4g}")
