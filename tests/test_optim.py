@@ -67,21 +67,24 @@ KERNEL_ULPS = {torch.float32: 4, torch.float64: 4, torch.bfloat16: 2, torch.floa
 def within_ulps(bound):
     """|got - want| <= bound units in the last place of max(|want|, |value before the step|)
     (the largest operand of the update, so that a cancellation is not counted against the
-    kernel); NaN and infinities must agree exactly."""
+    kernel); a NaN or an infinity only where ``want`` has the same. ``want`` may be a list of
+    references: each element then has to agree with one of them."""
     def compare(got, want, what, before):
-        assert got.dtype == want.dtype and got.shape == want.shape, what
-        g, w = got.detach().double().cpu(), want.detach().double().cpu()
-        assert torch.equal(g.isnan(), w.isnan()), f"{what}: NaN positions differ"
-        assert torch.equal(g.isinf(), w.isinf()) and torch.equal(g[g.isinf()], w[w.isinf()]), \
-            f"{what}: infinities differ"
-        scale = w.abs()
-        if before is not None:
-            scale = torch.maximum(scale, before.detach().double().cpu().abs())
-        tiny = torch.finfo(got.dtype).tiny
-        ulp = torch.exp2(torch.floor(torch.log2(scale.clamp(min=tiny))) - MANTISSA[got.dtype])
-        fin = g.isfinite() & w.isfinite()
-        err = ((g - w).abs() / ulp)[fin]
-        assert err.numel() == 0 or err.max().item() <= bound, f"{what}: {err.max().item()} ulps"
+        wants = want if isinstance(want, (list, tuple)) else [want]
+        g = got.detach().double().cpu()
+        ok = torch.zeros(g.shape, dtype=torch.bool)
+        for w in wants:
+            assert got.dtype == w.dtype and got.shape == w.shape, what
+            w = w.detach().double().cpu()
+            scale = w.abs()
+            if before is not None:
+                scale = torch.maximum(scale, before.detach().double().cpu().abs())
+            tiny = torch.finfo(got.dtype).tiny
+            ulp = torch.exp2(torch.floor(torch.log2(scale.clamp(min=tiny))) - MANTISSA[got.dtype])
+            err = torch.where(g.isfinite() & w.isfinite(), (g - w).abs() / ulp, float("inf"))
+            ok |= (g.isnan() & w.isnan()) | (g.isinf() & (g == w)) | (err <= bound)
+        assert ok.all(), (f"{what}: {int((~ok).sum())} values beyond {bound} ulps (or NaN/inf "
+                          f"not in a reference), e.g. {g[~ok][:3].tolist()}")
     return compare
 
 
@@ -122,7 +125,7 @@ def make_grads(params: list, step: int, gen: torch.Generator) -> list:
         gr = (torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale).to(p.dtype)
         if step % 37 == 5:
             gr.zero_()
-        if i == POISON and step in (20, 120):
+        if i == POISON and step in (3, 120):
             flat = gr.view(-1)
             flat[3], flat[7], flat[9] = float("nan"), float("inf"), -float("inf")
         gr = gr.to(p.device)
@@ -154,7 +157,10 @@ def reference_step(params, grads, states, kw, lo, hi, compute_dtype, foreach=Fal
 def run_steps(dtype, device, *, steps, compare, fused=None, foreach=False, compute_dtype=None,
               lr=1e-2, clip=C, **config):
     """Step ``ClippedRMSprop`` ``steps`` times; before each step, compute the reference step
-    from its current parameters and state, and ``compare`` every parameter and state tensor."""
+    from its current parameters and state, and ``compare`` every parameter and state tensor.
+    ``compute_dtype`` (16-bit types: float32): a second reference, computed in that type; the
+    comparison then takes a list of both (RMSprop in float16 rounds each op, and its default
+    eps=1e-8 rounds to 0 there: 0/0 gives NaN where float gives a number, and the reverse)."""
     params = make_params(dtype, device)
     kw = dict(lr=lr, **config)
     opt = ClippedRMSprop(params, clip=clip, fused=fused, foreach=foreach, **kw)
@@ -164,8 +170,13 @@ def run_steps(dtype, device, *, steps, compare, fused=None, foreach=False, compu
         grads = make_grads(params, step, gen)
         before = [p.detach().clone() for p in params]
         states = [{k: v.clone() for k, v in opt.state.get(p, {}).items()} for p in params]
-        want, want_states = reference_step(params, grads, states, kw, lo, hi,
-                                           compute_dtype or dtype, foreach)
+        want, want_states = reference_step(params, grads, states, kw, lo, hi, dtype, foreach)
+        if compute_dtype not in (None, dtype):  # also the reference computed in compute_dtype
+            other, other_states = reference_step(params, grads, states, kw, lo, hi,
+                                                 compute_dtype, foreach)
+            want = [[a, b] for a, b in zip(want, other)]
+            want_states = [{k: [v, o[k]] if k != "step" else v for k, v in st.items()}
+                           for st, o in zip(want_states, other_states)]
         for p, gr in zip(params, grads):
             p.grad = gr
         opt.step()
@@ -187,13 +198,18 @@ CONFIG_IDS = ["c{centered:d}-m{momentum}-wd{weight_decay}-max{maximize:d}".forma
 FEW = [0, 6, 15]  # plain; momentum + weight decay; everything
 
 
-@needs_kernel
-@pytest.mark.parametrize("config", [CONFIGS[i] for i in FEW], ids=[CONFIG_IDS[i] for i in FEW])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
-def test_kernel_within_its_ulp_bound_of_rmsprop_and_clamp_per_step(dtype, config):
+def _kernel_steps(dtype, config, steps):
     wide = dtype in (torch.float16, torch.bfloat16)
-    run_steps(dtype, "cpu", steps=40, fused=True, compare=within_ulps(KERNEL_ULPS[dtype]),
-              compute_dtype=torch.float32 if wide else dtype, **config)
+    run_steps(dtype, "cpu", steps=steps, fused=True, compare=within_ulps(KERNEL_ULPS[dtype]),
+              compute_dtype=torch.float32 if wide else None, **config)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype,config", [
+    (torch.float32, 0), (torch.float32, 15), (torch.float64, 6), (torch.bfloat16, 15), (torch.float16, 6)],
+    ids=lambda v: str(v) if isinstance(v, torch.dtype) else CONFIG_IDS[v])
+def test_kernel_within_its_ulp_bound_of_rmsprop_and_clamp_per_step(dtype, config):
+    _kernel_steps(dtype, CONFIGS[config], steps=8)  # step 3: NaN and inf gradients; step 5: zeros
 
 
 @pytest.mark.slow
@@ -201,16 +217,14 @@ def test_kernel_within_its_ulp_bound_of_rmsprop_and_clamp_per_step(dtype, config
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 def test_kernel_within_its_ulp_bound_of_rmsprop_and_clamp_per_step_all_configs(dtype, config):
-    wide = dtype in (torch.float16, torch.bfloat16)
-    run_steps(dtype, "cpu", steps=150, fused=True, compare=within_ulps(KERNEL_ULPS[dtype]),
-              compute_dtype=torch.float32 if wide else dtype, **config)
+    _kernel_steps(dtype, config, steps=60)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
 @pytest.mark.parametrize("config", [CONFIGS[i] for i in FEW], ids=[CONFIG_IDS[i] for i in FEW])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_fallback_is_bit_identical_to_rmsprop_and_clamp(dtype, config, foreach):
-    run_steps(dtype, "cpu", steps=30, fused=False, foreach=foreach, compare=exact, **config)
+    run_steps(dtype, "cpu", steps=8, fused=False, foreach=foreach, compare=exact, **config)
 
 
 def wgan_critic(fused, steps=300, n_critic=5, c=0.01):
