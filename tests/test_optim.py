@@ -4,8 +4,8 @@ The reference is always an independent computation: ``torch.optim.RMSprop`` on c
 same parameters, gradients and state, then ``clamp_`` of every parameter. Where RMSprop's own
 step runs (``fused=False``, ``differentiable=True``) the comparison is bit for bit; the compiled
 kernel is held to its documented bound: per step within ``KERNEL_ULPS`` of
-``RMSprop(foreach=False)`` + ``clamp_`` (16-bit types: that reference computed in float32 and
-rounded), and over 300 steps of a WGAN critic within rtol=1e-5 in float32.
+``RMSprop(foreach=False)`` + ``clamp_`` (16-bit types: of that, or of the same computed in
+float32 and rounded), and over 300 steps of a WGAN critic within rtol=1e-5 in float32.
 
 The drop-in checks take torch's own ``OptimizerInfo`` for RMSprop (its constructor inputs, error
 inputs and schedulers) with a clip that never binds, under which RMSprop + ``clamp_`` is RMSprop.
