@@ -3,147 +3,99 @@
 Algorithm 1 of the WGAN paper updates the critic with RMSProp and then clamps every critic
 weight to ``[-c, c]``, ``n_critic`` times per generator step. ``torch.optim.RMSprop`` reads and
 writes each parameter and its state in several passes (one per ATen op) and the clip is one more;
-:class:`ClippedRMSprop` does both in one pass per tensor: a compiled op
-(``torch.ops.wgan_ext.rmsprop_clip_``, CPU and CUDA kernels) or, where no kernel serves the
-device, ``torch.optim.RMSprop``'s own functional step followed by :func:`wgan_ext.fused_clip_`.
+:class:`ClippedRMSprop` does both in one pass per tensor with the compiled op
+``torch.ops.wgan_ext.rmsprop_clip_`` or, where no kernel serves the device, runs
+``torch.optim.RMSprop``'s own functional step followed by :func:`wgan_ext.fused_clip_`.
 """
 
 from __future__ import annotations
 
-import threading
-import warnings
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _get_scalar_dtype
-from torch.optim.rmsprop import rmsprop as _rmsprop_step
+from torch.optim.optimizer import Optimizer, _get_capturable_supported_devices, _use_grad_for_differentiable
+from torch.optim.rmsprop import RMSprop, rmsprop
 
 from . import _ext
 from .distributed import PLAIN_TYPES, local_tensor
 from .ops import SUPPORTED_DTYPES, Bounds, fused_clip_, resolve_bounds
 
-__all__ = ["ClippedRMSprop", "rmsprop_clip_", "kernel_available"]
+__all__ = ["ClippedRMSprop", "kernel_available"]
 
-# device type -> whether the compiled op serves it; filled outside torch.compile (tracing only
-# reads it: it never loads or builds anything).
-_KERNELS: dict = {}
-_lock = threading.Lock()
-
+# Parameter dtypes: the clip's, and complex ones (RMSprop's step; clipped as real/imaginary pairs).
+_DTYPES = (*SUPPORTED_DTYPES, torch.complex64, torch.complex128)
 
 def kernel_available(device_type: str, warn: bool = False) -> bool:
     """True if the compiled ``rmsprop_clip_`` serves ``device_type`` ('cpu' or 'cuda').
 
     Loads (or builds) the kernel library on first use, as :func:`wgan_ext.fused_clip_` does;
-    with ``warn``, says once why the kernel is unavailable.
+    with ``warn``, says once why the kernel is unavailable. Under ``torch.compile`` it only
+    reads what is loaded: tracing never builds anything.
     """
-    ok = _KERNELS.get(device_type)
-    if ok is not None:
-        return ok
-    with _lock:
-        ok = _KERNELS.get(device_type)
-        if ok is not None:
-            return ok
-        ok = device_type in ("cpu", "cuda") and _ext.available(device_type, warn=warn)
-        if ok and not _ext._has_kernels(device_type.upper()):
-            ok = False
-            if warn:  # a library built before the op existed
-                warnings.warn(f"wgan_ext: the loaded {device_type.upper()} kernel library has no "
-                              "rmsprop_clip_ (a stale build?); ClippedRMSprop uses torch's RMSprop "
-                              "and fused_clip_ (same results, slower)", RuntimeWarning, stacklevel=3)
-        _KERNELS[device_type] = ok
-        return ok
+    if device_type not in ("cpu", "cuda"):
+        return False
+    if torch.compiler.is_compiling():
+        return _ext.is_loaded(device_type)
+    return _ext.available(device_type, warn=warn)
 
 
 def _use_kernel(device: torch.device, fused: Optional[bool]) -> bool:
     if fused is False:
         return False
-    if torch.compiler.is_compiling():
-        ok = _KERNELS.get(device.type, False)
-    else:
-        ok = kernel_available(device.type, warn=fused is None)
+    ok = kernel_available(device.type, warn=fused is None)
     if fused and not ok:
         if device.type not in ("cpu", "cuda"):
             why = "kernels exist for cpu and cuda only"
         else:
-            why = _ext.status(device.type).reason or "the loaded library has no rmsprop_clip_"
+            why = _ext.status(device.type).reason
         raise RuntimeError(f"ClippedRMSprop(fused=True): no compiled rmsprop_clip_ kernel serves "
                            f"device {device} ({why})")
     return ok
 
 
-def rmsprop_clip_(params: list, grads: list, square_avgs: list, grad_avgs: list,
-                  momentum_buffers: list, state_steps: list, clip_only: list, *,
-                  lr: Union[float, Tensor], alpha: float, eps: float, weight_decay: float,
-                  momentum: float, centered: bool, maximize: bool, lo: float, hi: float,
-                  capturable: bool = False, foreach: Optional[bool] = None,
-                  fused: Optional[bool] = None) -> None:
-    """One RMSprop step of ``params`` (lists as ``torch.optim.rmsprop.rmsprop`` takes them),
-    then every tensor of ``params`` and ``clip_only`` clamped in place to ``[lo, hi]``.
-
-    ``grad_avgs`` is empty unless ``centered``; ``momentum_buffers`` is empty unless
-    ``momentum > 0``. Per device: the compiled op when it serves the device (``fused`` None or
-    True; True makes its absence an error), else ``torch.optim.rmsprop.rmsprop`` (``foreach``
-    as there) followed by :func:`wgan_ext.fused_clip_`.
-    """
-    devices = {t.device for t in params} | {t.device for t in clip_only}
-    if len(devices) > 1:  # one call per device
-        for device in devices:
-            keep = [i for i, p in enumerate(params) if p.device == device]
-            pick = lambda lst: [lst[i] for i in keep] if lst else []  # noqa: E731
-            rmsprop_clip_(pick(params), pick(grads), pick(square_avgs), pick(grad_avgs),
-                          pick(momentum_buffers), pick(state_steps),
-                          [t for t in clip_only if t.device == device], lr=lr, alpha=alpha,
-                          eps=eps, weight_decay=weight_decay, momentum=momentum,
-                          centered=centered, maximize=maximize, lo=lo, hi=hi,
-                          capturable=capturable, foreach=foreach, fused=fused)
-        return
-    if not devices:
-        return
-    if _use_kernel(next(iter(devices)), fused):
-        if any(type(t) not in PLAIN_TYPES for t in (*params, *clip_only)):
-            # DTensor parameters (FSDP2): the update is elementwise, so each rank steps its local
-            # shards of parameters, gradients and state (the op checks that their shapes agree).
-            params, grads, square_avgs, grad_avgs, momentum_buffers, clip_only = (
-                [local_tensor(t) for t in lst]
-                for lst in (params, grads, square_avgs, grad_avgs, momentum_buffers, clip_only))
-        lr_tensor = lr if isinstance(lr, Tensor) else None
-        torch.ops.wgan_ext.rmsprop_clip_(
-            params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, clip_only,
-            lr_tensor, 0.0 if lr_tensor is not None else float(lr), alpha, eps, weight_decay,
-            momentum, centered, maximize, lo, hi)
-        return
-    if params:
-        _rmsprop_step(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps,
-                      foreach=foreach, maximize=maximize, differentiable=False,
-                      capturable=capturable, has_complex=False, lr=lr, alpha=alpha, eps=eps,
-                      weight_decay=weight_decay, momentum=momentum, centered=centered)
-    fused_clip_(list(params) + list(clip_only), (lo, hi))
+def _check_group(group: dict) -> tuple:
+    """Everything about one param group that could stop ``step()``, checked before anything is
+    written; returns the group's ``(lo, hi)``."""
+    lo, hi = resolve_bounds(group["clip"], "clip")
+    fused = group["fused"]
+    if not (fused is None or isinstance(fused, bool)):
+        raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    if fused and group["foreach"]:
+        raise ValueError("`fused` and `foreach` cannot be `True` together.")
+    if fused and group["differentiable"]:
+        raise ValueError("`fused` does not support `differentiable`")
+    lr = group["lr"]
+    if isinstance(lr, Tensor) and lr.is_meta:
+        raise RuntimeError("ClippedRMSprop: lr is a tensor on the meta device, which holds no value")
+    params = group["params"]
+    for dtype in {p.dtype for p in params}:
+        if dtype not in _DTYPES:
+            raise TypeError(f"ClippedRMSprop: a parameter has dtype {dtype}; supported: "
+                            f"{', '.join(str(d) for d in _DTYPES)}")
+        limit = torch.finfo(dtype.to_real()).max
+        if abs(lo) > limit or abs(hi) > limit:  # clamp_ raises for a bound its dtype cannot hold
+            raise ValueError(f"clip={group['clip']!r} does not fit a parameter of dtype {dtype} "
+                             f"(largest finite value {limit:g})")
+    if fused:
+        for device in {p.device for p in params}:
+            _use_kernel(device, True)
+    return lo, hi
 
 
-def _check_hyper(lr: Any, alpha: float, eps: float, weight_decay: float, momentum: float) -> None:
-    # The checks and messages of torch.optim.RMSprop.
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError("Tensor lr must be 1-element")
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    if not 0.0 <= momentum:
-        raise ValueError(f"Invalid momentum value: {momentum}")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    if not 0.0 <= alpha:
-        raise ValueError(f"Invalid alpha value: {alpha}")
+def _real(tensors: list) -> list:
+    """Complex tensors as their real views (each real and imaginary part one number)."""
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
-class ClippedRMSprop(Optimizer):
-    r"""RMSprop followed by a clamp of every parameter: the critic update of WGAN's Algorithm 1.
+class ClippedRMSprop(RMSprop):
+    r"""``torch.optim.RMSprop`` followed by a clamp of every parameter: WGAN's critic update.
 
-    ``step()`` computes exactly ``torch.optim.RMSprop(params, ...).step()`` and then clamps every
-    parameter of the optimizer, with or without a gradient, to ``[lo, hi]``; on the CPU and on
-    CUDA both happen in one fused kernel per device, one pass over each tensor. For a parameter
-    :math:`\theta` with gradient :math:`g` (negated if ``maximize``):
+    ``step()`` is ``RMSprop.step()`` and then every parameter of each param group, with or
+    without a gradient, clamped to the group's ``[lo, hi]`` (complex parameters: their real and
+    imaginary parts). On the CPU and on CUDA both happen in one compiled kernel per device and
+    dtype, one pass over each tensor. For a parameter :math:`\theta` with gradient :math:`g`
+    (negated if ``maximize``):
 
     .. math::
         g &\leftarrow g + \lambda\theta \\
@@ -155,43 +107,42 @@ class ClippedRMSprop(Optimizer):
             \text{(momentum; else } \theta \leftarrow \theta - \gamma g / (\sqrt{\tilde v} + \epsilon)) \\
         \theta &\leftarrow \min(\max(\theta, lo), hi)
 
-    Numerics: on the CPU the results are those of ``RMSprop(foreach=False)`` followed by
-    ``clamp_``, bit for bit, for float32, float64, bfloat16 and float16 (NaN payloads aside):
-    the kernel repeats ATen's roundings op by op, fuses a multiply-add exactly where ATen's
-    AVX2/AVX-512 kernels do (none under ``ATEN_CPU_CAPABILITY=default``), takes ATen's own
-    square root (MKL's, which is not always correctly rounded) and, for 16-bit weight decay and
-    momentum, rounds the scalar tails of ATen's per-thread loops as they do. On CUDA the kernel
-    computes the same sequence of roundings; ATen's CUDA kernels fuse multiply-adds where nvcc
-    chooses, so there the tests bound the difference from ``RMSprop`` + ``clamp_`` per step by 4
-    units in the last place in float32/float64 and 2 in float16/bfloat16. The
-    fallback (``fused=False``) runs RMSprop's own step and is exact everywhere.
+    Everything else is ``RMSprop``'s: argument checks, ``state_dict`` layout (``step``,
+    ``square_avg``, ``momentum_buffer``, ``grad_avg``; a state dict loads either way), hooks,
+    schedulers, closures, ``foreach``, ``capturable``, ``differentiable`` (RMSprop's
+    differentiable step, then ``clamp_``, which autograd differentiates), a parameter listed
+    twice (a warning). Param groups carry RMSprop's keys plus ``clip`` and ``fused``.
 
-    ``state_dict()`` has ``torch.optim.RMSprop``'s layout (``step``, ``square_avg``,
-    ``momentum_buffer``, ``grad_avg``), so a state dict loads either way; the param groups
-    carry RMSprop's hyperparameters plus ``clip`` and ``fused``.
+    Numerics: bit for bit ``RMSprop`` + ``clamp_`` wherever RMSprop's own step runs:
+    ``fused=False``, ``differentiable=True``, complex parameters, devices without a kernel, a
+    group listing a parameter twice or holding step counts on another device (``foreach`` as
+    given). The compiled kernel is held to a bound instead, tested against
+    ``RMSprop(foreach=False)`` + ``clamp_`` from the same state: per step within 4 units in the
+    last place in float32/float64, and 2 in float16/bfloat16 against either that reference or
+    the same computed in float32 and rounded (RMSprop rounds every op to the 16-bit type); over
+    300 steps of a WGAN critic within ``rtol=1e-5`` in float32.
 
     Args:
-        params: parameters or param groups (a group may set its own ``clip``).
-        lr: learning rate :math:`\gamma` (float or 1-element tensor; default 5e-5, the paper's).
-        alpha: smoothing constant :math:`\alpha` (default 0.99).
-        eps: :math:`\epsilon`, added to the root (default 1e-8).
-        weight_decay: L2 penalty :math:`\lambda` (default 0).
-        momentum: momentum factor :math:`\mu` (default 0).
-        centered: centered RMSprop (default False).
-        clip: ``c`` for ``[-c, c]`` (``c > 0``, default 0.01, the paper's) or a ``(lo, hi)`` pair.
-        capturable: keep ``step`` on the parameters' device, for CUDA graphs (as RMSprop's).
-        foreach: the fallback's RMSprop implementation (as RMSprop's ``foreach``).
-        maximize: maximize the objective (default False).
-        differentiable: accepted for RMSprop's signature; only False is supported.
-        fused: None (default) uses the compiled kernel where one serves the device and falls
-            back (with a one-time warning saying why) elsewhere; True requires the kernel;
-            False always runs ``torch.optim.RMSprop``'s step then :func:`wgan_ext.fused_clip_`.
+        params: parameters or param groups (a group may set its own ``clip`` and ``fused``).
+        lr, alpha, eps, weight_decay, momentum, centered, capturable, foreach, maximize,
+            differentiable: as for ``torch.optim.RMSprop`` (``lr`` defaults to 5e-5, the
+            paper's; ``foreach`` applies where RMSprop's step runs).
+        clip: ``c`` for ``[-c, c]`` (``c > 0``, default 0.01, the paper's) or a ``(lo, hi)``
+            pair; finite, and within the range of every parameter's dtype.
+        fused: None (default) uses the compiled kernel where one serves the device and
+            RMSprop's step plus :func:`wgan_ext.fused_clip_` elsewhere (warning once why);
+            True requires the kernel for every parameter's device; False never uses it.
 
     Raises:
-        ValueError: ``lr``, ``alpha``, ``eps``, ``weight_decay`` or ``momentum`` below 0,
-            ``clip <= 0``, a non-finite clip or ``lo > hi``, a parameter listed twice,
-            ``differentiable=True``.
-        TypeError: a clip that is not a number or pair, a parameter of an unsupported dtype.
+        ValueError: RMSprop's (``lr``, ``alpha``, ``eps``, ``weight_decay``, ``momentum``
+            below 0, ...); ``clip <= 0``, a non-finite clip, ``lo > hi``, a clip beyond a
+            parameter's dtype; ``fused=True`` with ``foreach=True`` or ``differentiable=True``.
+        TypeError: a clip that is not a number or pair, a parameter of an unsupported dtype,
+            a ``fused`` that is not None/True/False.
+        RuntimeError: ``fused=True`` and no kernel serves a parameter's device.
+
+    A param group is checked when it is added (nothing is added if it fails), and every group
+    again at each ``step()`` before any is written.
 
     Example:
         >>> critic = torch.nn.Linear(4, 1)
@@ -209,73 +160,33 @@ class ClippedRMSprop(Optimizer):
                  centered: bool = False, clip: Bounds = 0.01, capturable: bool = False,
                  foreach: Optional[bool] = None, maximize: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = None) -> None:
-        _check_hyper(lr, alpha, eps, weight_decay, momentum)
-        if differentiable:
-            raise ValueError("ClippedRMSprop does not support differentiable=True (the clip is a "
-                             "projection, not part of any graph)")
-        resolve_bounds(clip, "clip")
-        if fused not in (None, True, False):
-            raise TypeError(f"fused must be None, True or False, got {fused!r}")
-        if fused and foreach:
-            raise ValueError("`fused` and `foreach` cannot be `True` together.")
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
-                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                        maximize=maximize, differentiable=False, clip=clip, fused=fused)
-        super().__init__(params, defaults)
-        for group in self.param_groups:  # load the kernels now, outside any torch.compile
-            for p in group["params"]:
-                if group["fused"] is not False:
-                    _use_kernel(p.device, group["fused"])
+        # RMSprop.__init__ makes the defaults and adds the groups: these join the defaults first.
+        self._more_defaults = {"clip": clip, "fused": fused}
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, capturable=capturable,
+                         foreach=foreach, maximize=maximize, differentiable=differentiable)
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a param group (checked first: a bad group is not added)."""
-        group = {**self.defaults, **param_group}
-        _check_hyper(group["lr"], group["alpha"], group["eps"], group["weight_decay"],
-                     group["momentum"])
-        resolve_bounds(group["clip"], "clip")
-        params = param_group["params"]
-        if isinstance(params, set):
-            raise TypeError("optimizer parameters need to be organized in ordered collections, but "
-                            "the ordering of tensors in sets will change between runs. Please use a list instead.")
-        params = [params] if isinstance(params, Tensor) else list(params)
-        seen: set = set()
-        for p in params:
-            if isinstance(p, Tensor) and p.dtype not in SUPPORTED_DTYPES:
-                raise TypeError(f"ClippedRMSprop: a parameter has dtype {p.dtype}; supported: "
-                                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
-            if id(p) in seen:
-                raise ValueError("ClippedRMSprop: a parameter appears twice in one param group")
-            seen.add(id(p))
-        super().add_param_group({**param_group, "params": params})
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # as RMSprop's, plus this optimizer's keys
-            group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-            group.setdefault("fused", None)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    step = float(p_state["step"])
-                    p_state["step"] = torch.tensor(
-                        step, dtype=_get_scalar_dtype(),
-                        device=p.device if group["capturable"] else None)
+        """Add a param group, checked (``clip``, ``fused``, dtypes): a bad group is not added."""
+        self.defaults.update(self.__dict__.pop("_more_defaults", {}))
+        super().add_param_group(param_group)
+        try:
+            group = self.param_groups[-1]
+            _check_group(group)
+            for device in {p.device for p in group["params"]}:  # load kernels outside torch.compile
+                _use_kernel(device, group["fused"])
+        except Exception:
+            self.param_groups.pop()
+            raise
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a ``ClippedRMSprop`` or ``torch.optim.RMSprop`` state dict. A group saved
-        without ``clip`` (RMSprop's) keeps this optimizer's ``clip`` for that group."""
-        clips = [g["clip"] for g in self.param_groups]
-        fused = [g["fused"] for g in self.param_groups]
+        without ``clip``/``fused`` (RMSprop's) keeps this optimizer's."""
+        own = [(g["clip"], g["fused"]) for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for group, clip, f in zip(self.param_groups, clips, fused):
+        for group, (clip, fused) in zip(self.param_groups, own):
             group.setdefault("clip", clip)
-            if group.get("fused") is None and f is not None:
-                group["fused"] = f
+            group.setdefault("fused", fused)
 
     @property
     def bounds(self) -> list:
@@ -296,67 +207,93 @@ class ClippedRMSprop(Optimizer):
         found = {where.get(id(p)) for p in params}
         return found.pop() if len(found) == 1 and None not in found else None
 
-    def _init_group(self, group: dict, params: list, grads: list, square_avgs: list,
-                    momentum_buffers: list, grad_avgs: list, state_steps: list,
-                    clip_only: list) -> None:
-        """Collect the lists of one group (as RMSprop's ``_init_group``, plus the parameters
-        without a gradient, which are only clipped); create missing state."""
-        for p in group["params"]:
-            if p.grad is None:
-                clip_only.append(p)
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("ClippedRMSprop does not support sparse gradients")
-            params.append(p)
-            grads.append(p.grad)
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = (torch.zeros((), dtype=_get_scalar_dtype(), device=p.device)
-                                 if group["capturable"]
-                                 else torch.zeros((), dtype=_get_scalar_dtype()))
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if group["momentum"] > 0:
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                momentum_buffers.append(state["momentum_buffer"])
-            if group["centered"]:
-                if "grad_avg" not in state:
-                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                grad_avgs.append(state["grad_avg"])
-            square_avgs.append(state["square_avg"])
-            state_steps.append(state["step"])
-
-    @torch.no_grad()
+    @_use_grad_for_differentiable
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One RMSprop step, then every parameter clamped to its group's bounds.
+
+        Every group is checked (and its missing state created) before any is written.
 
         Args:
             closure: re-evaluates the model and returns the loss (run with grad enabled).
         """
-        check = getattr(self, "_accelerator_graph_capture_health_check", None) or \
-            getattr(self, "_cuda_graph_capture_health_check")
-        check()
+        self._accelerator_graph_capture_health_check()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = []
         for group in self.param_groups:
-            if group["differentiable"]:
-                raise RuntimeError("ClippedRMSprop does not support differentiable=True")
-            lo, hi = resolve_bounds(group["clip"], "clip")
+            bounds = _check_group(group)
             params: list = []
             grads: list = []
             square_avgs: list = []
             grad_avgs: list = []
             momentum_buffers: list = []
-            state_steps: list = []
-            clip_only: list = []
-            self._init_group(group, params, grads, square_avgs, momentum_buffers, grad_avgs,
-                             state_steps, clip_only)
-            rmsprop_clip_(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps,
-                          clip_only, lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
-                          weight_decay=group["weight_decay"], momentum=group["momentum"],
-                          centered=group["centered"], maximize=group["maximize"], lo=lo, hi=hi,
-                          capturable=group["capturable"], foreach=group["foreach"],
-                          fused=group["fused"])
+            steps: list = []
+            has_complex = self._init_group(group, params, grads, square_avgs, momentum_buffers,
+                                           grad_avgs, steps)
+            if group["capturable"] and not torch.compiler.is_compiling():
+                supported = _get_capturable_supported_devices()  # RMSprop's check, made early
+                if not all(p.device.type == s.device.type and p.device.type in supported
+                           for p, s in zip(params, steps)):
+                    raise AssertionError("If capturable=True, params and state_steps must be on "
+                                         f"supported devices: {supported}.")
+            work.append((group, bounds, [params, grads, square_avgs, grad_avgs, momentum_buffers,
+                                         steps], has_complex))
+        for group, bounds, lists, has_complex in work:
+            clip_only = [p for p in group["params"] if p.grad is None]
+            # RMSprop's step as it is for what the op cannot take: a parameter listed twice (it
+            # is stepped twice), step counts elsewhere than on the CPU or their parameter's device.
+            if (group["differentiable"] or len(set(group["params"])) < len(group["params"])
+                    or any(s.device != p.device and not s.is_cpu for p, s in zip(lists[0], lists[5]))):
+                self._torch_step(group, bounds, lists, has_complex, clip_only)
+            else:
+                self._fused_step(group, bounds, lists, clip_only)
         return loss
+
+    @staticmethod
+    def _torch_step(group: dict, bounds: tuple, lists: list, has_complex: bool,
+                    clip_only: list) -> None:
+        """``torch.optim.rmsprop.rmsprop`` on ``lists``, then the clamp of its parameters and
+        of ``clip_only``."""
+        if lists[0]:
+            rmsprop(*lists, foreach=group["foreach"], maximize=group["maximize"],
+                    differentiable=group["differentiable"], capturable=group["capturable"],
+                    has_complex=has_complex, lr=group["lr"], alpha=group["alpha"],
+                    eps=group["eps"], weight_decay=group["weight_decay"],
+                    momentum=group["momentum"], centered=group["centered"])
+        if group["differentiable"]:  # recorded by autograd, as the step's own in-place ops
+            for p in _real(lists[0]):
+                p.clamp_(*bounds)
+            with torch.no_grad():
+                for p in _real(clip_only):
+                    p.clamp_(*bounds)
+        else:
+            fused_clip_(_real(lists[0] + clip_only), bounds)
+
+    @staticmethod
+    def _fused_step(group: dict, bounds: tuple, lists: list, clip_only: list) -> None:
+        """Per device and dtype, the compiled op where it serves, else :meth:`_torch_step`."""
+        stepped = Optimizer._group_tensors_by_device_and_dtype(lists) if lists[0] else {}
+        clipped = Optimizer._group_tensors_by_device_and_dtype([clip_only]) if clip_only else {}
+        lr = group["lr"]
+        scalars = [lr] if isinstance(lr, Tensor) else []
+        for key in dict.fromkeys([*stepped, *clipped]):  # while compiling, one key: everything
+            sub = stepped[key][0] if key in stepped else [[]] * 6
+            only = clipped[key][0][0] if key in clipped else []
+            devices = {t.device for t in sub[0] + only}
+            device = next(iter(devices))
+            has_complex = any(t.is_complex() for t in sub[0] + only)
+            if (len(devices) == 1 and not has_complex and _use_kernel(device, group["fused"])
+                    and all(t.device == device or t.is_cpu for t in scalars)):
+                if any(type(t) not in PLAIN_TYPES for t in sub[0] + only):
+                    # DTensor parameters (FSDP2): the update is elementwise, so each rank steps
+                    # its local shards of parameters, gradients and state.
+                    sub = [[local_tensor(t) for t in s] for s in sub[:5]] + [sub[5]]
+                    only = [local_tensor(t) for t in only]
+                torch.ops.wgan_ext.rmsprop_clip_(
+                    *sub, only, lr if scalars else None, 0.0 if scalars else float(lr),
+                    group["alpha"], group["eps"], group["weight_decay"], group["momentum"],
+                    group["centered"], group["maximize"], *bounds)
+            else:  # no kernel for the device, complex numbers, a tensor lr elsewhere: RMSprop's
+                ClippedRMSprop._torch_step(group, bounds, list(sub), has_complex, only)
