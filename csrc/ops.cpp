@@ -33,9 +33,9 @@ void rmsprop_clip_autograd(at::TensorList params, at::TensorList grads,
     at::TensorList steps, at::TensorList clip_only, const std::optional<at::Tensor>& lr_tensor,
     double lr, double alpha, double eps, double weight_decay, double momentum, bool centered,
     bool maximize, double lo, double hi) {
-  check_rmsprop({params, grads, square_avgs, grad_avgs, momentum_buffers, steps, clip_only,
-                 lr_tensor, lr, alpha, eps, weight_decay, momentum, centered, maximize, lo, hi},
-                std::nullopt);
+  check_rmsprop_tensors({params, grads, square_avgs, grad_avgs, momentum_buffers, steps,
+                         clip_only, lr_tensor, lr, alpha, eps, weight_decay, momentum, centered,
+                         maximize, lo, hi});
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("wgan_ext::rmsprop_clip_", "")
                        .typed<decltype(rmsprop_clip_autograd)>();

@@ -66,9 +66,27 @@ inline void check_no_overlap(const RMSpropArgs& a) {
   }
 }
 
-// Every check of the op (by its Autograd kernel, and by the kernel of `device_type` again for
-// calls that skip autograd); raises naming the argument and value.
-inline void check_rmsprop(const RMSpropArgs& a, std::optional<c10::DeviceType> device_type) {
+// The per-tensor checks: by the Autograd kernel, before the dispatcher's Negative or ZeroTensor
+// handling could see a tensor (tensors may be fake there: no sizes, no data).
+inline void check_rmsprop_tensors(const RMSpropArgs& a) {
+  const struct { const char* name; at::TensorList list; bool written; } lists[] = {
+      {"params", a.params, true}, {"grads", a.grads, false}, {"square_avgs", a.square_avgs, true},
+      {"grad_avgs", a.grad_avgs, true}, {"momentum_buffers", a.momentum_buffers, true},
+      {"clip_only", a.clip_only, true}};
+  const at::Tensor* first = nullptr;
+  for (const auto& l : lists) {
+    for (const auto i : c10::irange(l.list.size())) {
+      const at::Tensor& t = l.list[i];
+      check_tensor(t, "rmsprop_clip_", l.name, i, l.written);
+      if (first == nullptr) first = &t;
+      TORCH_CHECK_VALUE(t.device() == first->device(), "rmsprop_clip_: all tensors must be on one "
+          "device; got ", first->device(), " and ", l.name, "[", i, "] on ", t.device());
+    }
+  }
+}
+
+// Every check of the op, by the kernel of `device_type`; raises naming the argument and value.
+inline void check_rmsprop(const RMSpropArgs& a, c10::DeviceType device_type) {
   const char* op = "rmsprop_clip_";
   TORCH_CHECK_VALUE(a.lr >= 0, op, ": invalid learning rate: ", a.lr);
   TORCH_CHECK_VALUE(a.alpha >= 0, op, ": invalid alpha value: ", a.alpha);
@@ -86,33 +104,28 @@ inline void check_rmsprop(const RMSpropArgs& a, std::optional<c10::DeviceType> d
   check_len("grad_avgs", a.grad_avgs, a.centered ? n : 0, a.centered ? " (centered)" : " (not centered)");
   check_len("momentum_buffers", a.momentum_buffers, a.momentum > 0 ? n : 0,
       a.momentum > 0 ? " (momentum > 0)" : " (momentum == 0)");
-  const struct { const char* name; at::TensorList list; bool written; } lists[] = {
-      {"params", a.params, true}, {"grads", a.grads, false}, {"square_avgs", a.square_avgs, true},
-      {"grad_avgs", a.grad_avgs, true}, {"momentum_buffers", a.momentum_buffers, true},
-      {"clip_only", a.clip_only, true}};
-  const at::Tensor* first = nullptr;
-  for (const auto& l : lists) {
-    for (const auto i : c10::irange(l.list.size())) {
-      const at::Tensor& t = l.list[i];
-      check_tensor(t, op, l.name, i, l.written);
-      if (first == nullptr) first = &t;
-      TORCH_CHECK_VALUE(t.device() == first->device(), op, ": all tensors must be on one device; ",
-          "got ", first->device(), " and ", l.name, "[", i, "] on ", t.device());
-      if (l.list.data() != a.params.data() && l.list.data() != a.clip_only.data()) {
-        TORCH_CHECK_TYPE(t.scalar_type() == a.params[i].scalar_type(), op, ": ", l.name, "[", i,
-            "] has dtype ", dtype_name(t.scalar_type()), " but params[", i, "] has ",
-            dtype_name(a.params[i].scalar_type()));
-        TORCH_CHECK_VALUE(t.sizes() == a.params[i].sizes(), op, ": ", l.name, "[", i,
-            "] has shape ", t.sizes(), " but params[", i, "] has ", a.params[i].sizes());
-      }
+  check_rmsprop_tensors(a);
+  const std::pair<const char*, at::TensorList> state[] = {{"grads", a.grads},
+      {"square_avgs", a.square_avgs}, {"grad_avgs", a.grad_avgs},
+      {"momentum_buffers", a.momentum_buffers}};
+  for (const auto& [name, list] : state) {  // laid out like their parameters
+    for (const auto i : c10::irange(list.size())) {
+      const at::Tensor& t = list[i];
+      TORCH_CHECK_TYPE(t.scalar_type() == a.params[i].scalar_type(), op, ": ", name, "[", i,
+          "] has dtype ", dtype_name(t.scalar_type()), " but params[", i, "] has ",
+          dtype_name(a.params[i].scalar_type()));
+      TORCH_CHECK_VALUE(t.sizes() == a.params[i].sizes(), op, ": ", name, "[", i,
+          "] has shape ", t.sizes(), " but params[", i, "] has ", a.params[i].sizes());
     }
   }
+  const at::Tensor* first = !a.params.empty() ? &a.params[0]
+      : !a.clip_only.empty() ? &a.clip_only[0] : nullptr;
   check_bounds(a.lo, a.hi, op, a.params, "params");
   check_bounds(a.lo, a.hi, op, a.clip_only, "clip_only");
   if (first == nullptr) return;  // nothing to write
   const c10::Device device = first->device();
-  TORCH_CHECK_VALUE(!device_type || device.type() == *device_type, op, ": this kernel serves ",
-      c10::DeviceTypeName(device_type.value_or(device.type())), " tensors, got tensors on ", device);
+  TORCH_CHECK_VALUE(device.type() == device_type, op, ": this kernel serves ",
+      c10::DeviceTypeName(device_type), " tensors, got tensors on ", device);
   for (const auto i : c10::irange(n)) {
     const auto& s = a.steps[i];
     TORCH_CHECK_TYPE(s.defined() && s.numel() == 1 && s.layout() == at::kStrided &&
