@@ -20,7 +20,7 @@ import torch
 from wgan_ext import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--hidden", "16", "--eval-samples", "64", "--no-progress", "--quiet"]
+TINY = ["--hidden", "16", "--eval-samples", "64", "--batch-size", "64", "--no-progress", "--quiet"]
 
 
 def _train(tmp_path, *extra, name="run"):

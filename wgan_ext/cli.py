@@ -62,15 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wgan-ext`` (subcommands ``train`` and ``info``)."""
     from .data import DATASETS, TOY_DATASETS
     from .functional import PAPER_C, CriticSchedule
-    from .train_config import (ADAM_BETAS, ARCHS, GP_LR, IMAGE_DEFAULTS, LOSSES, MLP_THREADS, OPTIMIZERS, SCHEDULES,
-                               TOY_DEFAULTS, TrainConfig)
+    from .train_config import (ADAM_BETAS, ARCHS, DIGITS_DEFAULTS, GP_LR, IMAGE_DEFAULTS, LOSSES, MLP_THREADS,
+                               OPTIMIZERS, SCHEDULES, TOY_DEFAULTS, TrainConfig)
 
     cfg = TrainConfig()  # the fixed defaults; per-dataset ones come from TOY_DEFAULTS / IMAGE_DEFAULTS
-    toy, img = TOY_DEFAULTS, IMAGE_DEFAULTS
+    toy, img, dig = TOY_DEFAULTS, IMAGE_DEFAULTS, DIGITS_DEFAULTS
     paper = CriticSchedule.paper()
 
     def per_data(key: str) -> str:
-        return f"default {_num(toy[key])} on the 2-D toys, {_num(img[key])} otherwise"
+        if toy[key] == img[key] == dig[key]:
+            return f"default {_num(toy[key])}"
+        on_digits = f", {_num(dig[key])} on digits" if dig[key] != img[key] else ""
+        return f"default {_num(toy[key])} on the 2-D toys{on_digits}, {_num(img[key])} otherwise"
 
     parser = _Parser(prog=PROG, description="Weight-clipped WGAN to the letter of the paper, on torchgan.")
     sub = parser.add_subparsers(dest="command", metavar="{train,info}", parser_class=_Parser)
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a WGAN through a torchgan Trainer with wgan-ext's losses. With no arguments: "
             f"Algorithm 1 of the WGAN paper (RMSProp, c={PAPER_C:g}, n_critic={cfg.n_critic}, batch "
-            f"{cfg.batch_size}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}. "
+            f"{toy['batch_size']}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}, "
+            f"MLPs of 3 x {toy['hidden']}. "
             "Writes a run folder with samples, curves.png, metrics.csv, summary.json, config.json, "
             "checkpoint.pt (and TensorBoard events if tensorboard is installed). Iterations are generator "
             "iterations; each torchgan epoch is one logging period of --log-every of them, and the toys "
@@ -113,10 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--paper-schedule", dest="schedule", action="store_const", const="paper", default=S,
                    help="same as --schedule paper")
     a.add_argument("--lr", type=_float, default=S,
-                   help=f"learning rate. {'D' + per_data('lr')[1:]} (the paper's), {_num(GP_LR)} for gp (Adam). "
-                        f"Why not {_num(img['lr'])} on the toys: on 8 gaussians it needs about 3x the iterations to "
-                        "reach the same exact W1 (measured), too slow for a first run; the rest of Algorithm 1 "
-                        "(RMSProp, c, n_critic, m) is unchanged")
+                   help=f"learning rate ({per_data('lr')}: the paper's; {_num(GP_LR)} for gp, with Adam)")
     a.add_argument("--optimizer", choices=OPTIMIZERS, default=S,
                    help="clipped-rmsprop (the default with weight clipping: the paper's RMSProp with the clip "
                         "fused into the critic's step), rmsprop (RMSProp, then a separate clip) or adam (betas "
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gp-lambda", type=_float, default=S,
                    help=f"gradient-penalty weight for --loss gp (default {cfg.gp_lambda:g})")
     r = t.add_argument_group("run length")
-    r.add_argument("--batch-size", type=_positive_int, default=S, help=f"m, samples per batch (default {cfg.batch_size})")
+    r.add_argument("--batch-size", type=_positive_int, default=S, help=f"m, samples per batch ({per_data('batch_size')})")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--iterations", type=_positive_int, default=S,
                    help=f"generator iterations, each after n_critic critic updates on fresh batches "
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = t.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default=S, help="mlp (toys, digits) or dcgan (image files)")
     m.add_argument("--hidden", type=_positive_int, default=S,
-                   help=f"MLP units per layer ({per_data('hidden')}, the paper's)")
+                   help=f"MLP units per layer ({per_data('hidden')}; the paper's is 512)")
     m.add_argument("--encoding-dims", type=_positive_int, default=S, help=f"noise dimension ({per_data('encoding_dims')})")
     o = t.add_argument_group("run")
     o.add_argument("--seed", type=int, default=S, help=f"random seed (default {cfg.seed})")
@@ -146,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "MLPs: their tensors are too small to gain from more; else torch's default)")
     o.add_argument("--eval-samples", type=_positive_int, default=S,
                    help=f"samples for exact W1 and modes (default {cfg.eval_samples})")
+    o.add_argument("--inception-weights", default=S, metavar="PATH",
+                   help="Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth) for FID on mnist, cifar10 "
+                        "and folder (needs torch-fidelity; default: torch's hub cache if the file is there; never "
+                        "downloaded)")
     o.add_argument("--out", default=S, help="run folder (default runs/DATASET-LOSS-TIME)")
     o.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                    help="continue a run from its checkpoint: RUN (a run folder or checkpoint.pt), else --out, "
@@ -197,12 +202,23 @@ def _report(summary: Dict[str, Any]) -> None:
     if f.get("modes") is not None:
         print(f"  modes covered: {f['modes']}/{f['modes_total']} "
               f"({100 * f['high_quality']:.0f}% of samples within 3 std of a mode)")
+    if f.get("fd") is not None:
+        print(f"  digit FD (classifier features): {f['fd']:.3g} (two real samples of the same size: "
+              f"{_fmt(summary.get('fd_floor'), '.3g')}); {f['classes']}/{f['classes_total']} classes covered, "
+              f"{100 * f['confident']:.0f}% of samples classified confidently")
+        rho = summary.get("spearman_critic_fd")
+        print(f"  Spearman(critic estimate, digit FD) over the run: {'n/a' if rho is None else format(rho, '.2f')}")
+    if f.get("fid") is not None:
+        print(f"  Inception FID: {f['fid']:.4g}")
     recent = summary.get("last_evaluations") or {}
     if recent.get("count", 0) > 1 and recent.get("w1_mean") is not None:
         line = f"  over the last {recent['count']} evaluations: exact W1 {recent['w1_mean']:.4f} on average"
         if recent.get("modes_min") is not None:
             line += (f", {recent['modes_min']:.0f}-{recent['modes_max']:.0f} modes, "
                      f"{100 * recent['high_quality_mean']:.0f}% within 3 std on average")
+        if recent.get("fd_mean") is not None:
+            line += (f", digit FD {recent['fd_mean']:.3g} on average, "
+                     f"{recent['classes_min']:.0f}-{recent['classes_max']:.0f} classes")
         print(line)
     if f.get("w1") is not None:
         rho = summary.get("spearman_critic_w1")
