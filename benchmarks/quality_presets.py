@@ -116,7 +116,7 @@ def report(runs_dir: str, out: str, note: str) -> None:
     ])
     text = open(out).read() if os.path.exists(out) else ""
     block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text:
+    if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
         text = block + "\n\n" + text
