@@ -217,15 +217,21 @@ def test_digits_run_writes_image_grids_and_digit_scores(tmp_path) -> None:
         assert a.size == b.size and a.size[1] == round(2.2 * 5 * 80)
 
 
-def test_image_folder_run_with_dcgan(tmp_path) -> None:
+def test_image_folder_run_with_dcgan(tmp_path, capsys, monkeypatch) -> None:
     from PIL import Image
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no Inception weights there
 
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(12):
         Image.new("RGB", (20, 20), (20 * i, 255 - 20 * i, 0)).save(folder / f"{i:02d}.png")
     res = T.run(_cfg(tmp_path, dataset="folder", data_dir=str(folder), image_size=16, batch_size=4,
-                     iterations=2, log_every=1), progress=False, quiet=True)
+                     iterations=2, log_every=1), progress=False, quiet=False)
+    # Inception FID is off, said once in one line; nothing is downloaded
+    notes = [line for line in capsys.readouterr().err.splitlines() if "Inception FID" in line]
+    assert len(notes) == 1 and notes[0].startswith("Inception FID: off; to enable it")
+    assert all(r["fid"] == "" for r in _rows(res.out))
     ck = read_checkpoint(res.out)
     assert ck["config"]["arch"] == "dcgan"
     # every critic parameter, batch-norm scales included, is clipped (as in the paper's code)
