@@ -20,7 +20,7 @@ import torch
 from wgan_ext import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--hidden", "16", "--eval-samples", "64", "--batch-size", "64", "--no-progress", "--quiet"]
+TINY = ["--hidden", "16", "--eval-samples", "64", "--no-progress", "--quiet"]
 
 
 def _train(tmp_path, *extra, name="run"):
@@ -248,8 +248,8 @@ def test_help_shows_no_default_noise_and_numbers_from_the_defaults(capsys, monke
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default:" not in text.replace("(default: on a terminal)", "")
     assert "12345 generator iterations" in text and "default 12345 on the 2-D toys" in text
-    assert "default 250 on the 2-D toys, 250 on digits, 321 otherwise" in text
-    assert "(default 256 on the 2-D toys, 64 otherwise)" in text and "default 0.01)" in text and "(default 5)" in text
+    assert "default 500 on the 2-D toys, 250 on digits, 321 otherwise" in text
+    assert "(default 64)" in text and "default 0.01)" in text and "(default 5)" in text
 
 
 def _set_columns(fd: int, columns: int) -> None:
