@@ -257,7 +257,7 @@ def test_help_shows_no_default_noise_and_numbers_from_the_defaults(capsys, monke
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default:" not in text.replace("(default: on a terminal)", "")
     assert "12345 generator iterations" in text and "default 12345 on the 2-D toys" in text
-    assert "default 500 on the 2-D toys, 321 otherwise" in text
+    assert "default 500 on the 2-D toys, 250 on digits, 321 otherwise" in text
     assert "(default 64)" in text and "default 0.01)" in text and "(default 5)" in text
 
 

@@ -90,15 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wgan-ext`` (subcommands ``train`` and ``info``)."""
     from .data import DATASETS, TOY_DATASETS
     from .functional import PAPER_C, CriticSchedule
-    from .train_config import (ADAM_BETAS, ARCHS, GP_LR, IMAGE_DEFAULTS, LOSSES, MLP_THREADS, OPTIMIZERS, SCHEDULES,
-                               TOY_DEFAULTS, TrainConfig)
+    from .train_config import (ADAM_BETAS, ARCHS, DIGITS_DEFAULTS, GP_LR, IMAGE_DEFAULTS, LOSSES, MLP_THREADS,
+                               OPTIMIZERS, SCHEDULES, TOY_DEFAULTS, TrainConfig)
 
     cfg = TrainConfig()  # the fixed defaults; per-dataset ones come from TOY_DEFAULTS / IMAGE_DEFAULTS
-    toy, img = TOY_DEFAULTS, IMAGE_DEFAULTS
+    toy, img, dig = TOY_DEFAULTS, IMAGE_DEFAULTS, DIGITS_DEFAULTS
     paper = CriticSchedule.paper()
 
     def per_data(key: str) -> str:
-        return f"default {_num(toy[key])} on the 2-D toys, {_num(img[key])} otherwise"
+        on_digits = f", {_num(dig[key])} on digits" if dig[key] != img[key] else ""
+        return f"default {_num(toy[key])} on the 2-D toys{on_digits}, {_num(img[key])} otherwise"
 
     parser = _Parser(prog=PROG, description="Weight-clipped WGAN to the letter of the paper, on torchgan.")
     sub = parser.add_subparsers(dest="command", metavar="{train,info}", parser_class=_Parser)
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = t.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default=S, help="mlp (toys, digits) or dcgan (image files)")
     m.add_argument("--hidden", type=_positive_int, default=S,
-                   help=f"MLP units per layer ({per_data('hidden')}, the paper's)")
+                   help=f"MLP units per layer ({per_data('hidden')}; the paper's: 512)")
     m.add_argument("--encoding-dims", type=_positive_int, default=S, help=f"noise dimension ({per_data('encoding_dims')})")
     o = t.add_argument_group("run")
     o.add_argument("--seed", type=int, default=S, help=f"random seed (default {cfg.seed})")
@@ -178,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "MLPs: their tensors are too small to gain from more; else torch's default)")
     o.add_argument("--eval-samples", type=_positive_int, default=S,
                    help=f"samples for exact W1 and modes (default {cfg.eval_samples})")
+    o.add_argument("--inception-weights", default=S, metavar="PATH",
+                   help="Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth) for FID on mnist, cifar10 "
+                        "and folder (needs torch-fidelity; default: torch's hub cache if the file is there; never "
+                        "downloaded)")
     o.add_argument("--out", default=S, help="run folder (default runs/DATASET-LOSS-TIME)")
     o.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                    help="continue a run from its checkpoint: RUN (a run folder or checkpoint.pt), else --out, "
@@ -229,12 +234,23 @@ def _report(summary: Dict[str, Any]) -> None:
     if f.get("modes") is not None:
         print(f"  modes covered: {f['modes']}/{f['modes_total']} "
               f"({100 * f['high_quality']:.0f}% of samples within 3 std of a mode)")
+    if f.get("fd") is not None:
+        print(f"  digit FD (classifier features): {f['fd']:.3g} (two real samples of the same size: "
+              f"{_fmt(summary.get('fd_floor'), '.3g')}); {f['classes']}/{f['classes_total']} classes covered, "
+              f"{100 * f['confident']:.0f}% of samples classified confidently")
+        rho = summary.get("spearman_critic_fd")
+        print(f"  Spearman(critic estimate, digit FD) over the run: {'n/a' if rho is None else format(rho, '.2f')}")
+    if f.get("fid") is not None:
+        print(f"  Inception FID: {f['fid']:.4g}")
     recent = summary.get("last_evaluations") or {}
     if recent.get("count", 0) > 1 and recent.get("w1_mean") is not None:
         line = f"  over the last {recent['count']} evaluations: exact W1 {recent['w1_mean']:.4f} on average"
         if recent.get("modes_min") is not None:
             line += (f", {recent['modes_min']:.0f}-{recent['modes_max']:.0f} modes, "
                      f"{100 * recent['high_quality_mean']:.0f}% within 3 std on average")
+        if recent.get("fd_mean") is not None:
+            line += (f", digit FD {recent['fd_mean']:.3g} on average, "
+                     f"{recent['classes_min']:.0f}-{recent['classes_max']:.0f} classes")
         print(line)
     if f.get("w1") is not None:
         rho = summary.get("spearman_critic_w1")

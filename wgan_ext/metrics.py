@@ -1,4 +1,5 @@
-"""Distances and scores that say whether a WGAN learned: exact W1, modes covered, rank correlation.
+"""Distances and scores that say whether a WGAN learned: exact W1, modes covered, classes covered,
+rank correlation.
 
 The critic of a weight-clipped WGAN estimates ``K * W1(P_r, P_g)`` for some unknown Lipschitz
 constant ``K`` (Arjovsky et al. 2017). On 2-D toy data we can compute W1 itself between equal-size
@@ -27,6 +28,8 @@ __all__ = [
     "parallel_lines_distances",
     "ModeCoverage",
     "mode_coverage",
+    "ClassCoverage",
+    "class_coverage",
     "spearman",
     "critic_estimate",
 ]
@@ -178,6 +181,43 @@ def mode_coverage(
         high_quality=float(near.mean()) if len(x) else 0.0,
         counts=tuple(int(v) for v in counts),
     )
+
+
+@dataclass(frozen=True)
+class ClassCoverage:
+    """How a classifier sees generated images.
+
+    Attributes:
+        covered: classes given to at least ``min_count`` confidently classified samples.
+        total: number of classes.
+        confident: fraction of samples whose top class probability is at least the threshold.
+        counts: confidently classified samples of each class.
+    """
+
+    covered: int
+    total: int
+    confident: float
+    counts: tuple
+
+
+def class_coverage(probs: ArrayLike, threshold: float = 0.9, min_count: Optional[int] = None) -> ClassCoverage:
+    """Classes that appear among the confidently classified samples (``probs``: ``(n, K)`` class
+    probabilities). A sample is *confident* when its top probability is at least ``threshold``;
+    a class is *covered* when at least ``min_count`` confident samples have it, by default a
+    quarter of a class's fair share, ``ceil(n / (4 K))``, as :func:`mode_coverage` counts modes.
+    """
+    p = _np(probs)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError(f"probs must be (n, K) class probabilities, got shape {p.shape}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    n, k = p.shape
+    if min_count is None:
+        min_count = max(1, math.ceil(n / (4 * k)))
+    sure = p.max(axis=1) >= threshold
+    counts = np.bincount(p.argmax(axis=1)[sure], minlength=k)
+    return ClassCoverage(covered=int((counts >= min_count).sum()), total=k,
+                         confident=float(sure.mean()) if n else 0.0, counts=tuple(int(v) for v in counts))
 
 
 def spearman(a: ArrayLike, b: ArrayLike) -> float:

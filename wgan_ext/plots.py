@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -130,10 +130,12 @@ def save_image_grid(path: str, images: torch.Tensor, nrow: int = 8) -> None:
         vutils.save_image(grid, tmp, format="png")
 
 
-def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = "") -> None:
+def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = "") -> List[str]:
     """Training curves against generator iterations: the critic's W estimate (log scale: its
     trend spans decades), the generator loss and, when the rows have them, exact W1 (with its
-    sample floor) and modes covered with the fraction of samples within 3 std of a mode."""
+    sample floor), modes covered with the fraction of samples within 3 std of a mode, the digit
+    FD (with its floor) and KID, classes covered with the fraction of confident samples, and
+    Inception FID. Returns the panels drawn, top to bottom."""
     plt = _pyplot()
     its = [r["gen_iter"] for r in rows]
 
@@ -143,7 +145,8 @@ def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = 
     def has(k: str) -> bool:
         return any(math.isfinite(v) for v in col(k))
 
-    panels = ["critic", "generator"] + (["w1"] if has("w1") else []) + (["modes"] if has("modes") else [])
+    optional = ("w1", "modes", "fd", "classes", "fid")
+    panels = ["critic", "generator"] + [k for k in optional if has(k)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), dpi=80, sharex=True)
     try:
         ax = axes[0]
@@ -194,6 +197,29 @@ def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = 
             h2, l2 = ax2.get_legend_handles_labels()
             ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
             ax.grid(alpha=0.3)
+        if "fd" in panels:
+            _plot_fd(axes[panels.index("fd")], its, col)
+        if "classes" in panels:
+            ax = axes[panels.index("classes")]
+            ax.step(its, col("classes"), color="tab:purple", where="post", label="digit classes covered")
+            ax.set_ylabel("classes covered", color="tab:purple")
+            ax.set_ylim(0, max(v for v in col("classes_total") + [1.0] if math.isfinite(v)) + 0.5)
+            ax2 = ax.twinx()
+            ax2.plot(its, [100 * v for v in col("confident")], color="tab:green", marker=".",
+                     label="% of samples classified confidently")
+            ax2.set_ylabel("% confident", color="tab:green")
+            ax2.set_ylim(0, 100)
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+            ax.grid(alpha=0.3)
+        if "fid" in panels:
+            ax = axes[panels.index("fid")]
+            ax.plot(its, col("fid"), color="k", label="Inception FID(generated, real)")
+            ax.set_ylabel("Inception FID")
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3, which="both")
         axes[-1].set_xlabel("generator iterations")
         if title:
             axes[0].set_title(title, fontsize=9)
@@ -202,3 +228,26 @@ def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = 
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
+    return panels
+
+
+def _plot_fd(ax, its: Sequence[float], col: Callable[[str], List[float]]) -> None:
+    """The digit FD (log scale: it falls by decades) with its real-vs-real floor, and KID."""
+    ax.plot(its, col("fd"), color="k", label="digit FD(generated, real)")
+    floor = [v for v in col("fd_floor") if math.isfinite(v)]
+    if floor:
+        ax.axhline(floor[-1], color="gray", ls=":", label="FD floor (real vs real)")
+    ax.set_ylabel("digit FD (classifier features)")
+    ax.set_yscale("log")
+    kid = col("kid")
+    if any(math.isfinite(v) and v > 0 for v in kid):
+        ax2 = ax.twinx()
+        ax2.plot(its, [v if v > 0 else math.nan for v in kid], color="tab:orange", ls="--", label="KID")
+        ax2.set_ylabel("KID", color="tab:orange")
+        ax2.set_yscale("log")
+        h2, l2 = ax2.get_legend_handles_labels()
+    else:
+        h2, l2 = [], []
+    h1, l1 = ax.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7)
+    ax.grid(alpha=0.3, which="both")

@@ -76,7 +76,7 @@ _FIXED_ON_RESUME = (
     "eval_samples", "log_every", "fsdp",
 )
 # Settings a resumed run may change.
-_CHANGEABLE_ON_RESUME = ("iterations", "epochs", "device", "threads")
+_CHANGEABLE_ON_RESUME = ("iterations", "epochs", "device", "threads", "inception_weights")
 
 
 @dataclass
@@ -249,7 +249,8 @@ class _Run:
         self.evaluator: Optional[Evaluator] = None
         self.reporter: Optional[Reporter] = None
         if world.writer:
-            self.evaluator = Evaluator(source, cfg.eval_samples, cfg.seed, cfg.encoding_dims, self.device)
+            self.evaluator = Evaluator(source, cfg.eval_samples, cfg.seed, cfg.encoding_dims, self.device,
+                                       inception_weights=cfg.inception_weights)
             self.reporter = Reporter(cfg, out, self.evaluator, progress=progress, quiet=quiet)
         self.history: List[Dict[str, Any]] = []
         self.stats = PeriodStats()

@@ -1,4 +1,5 @@
-"""Scoring a generator during ``wgan-ext train``: exact W1, modes, the critic's estimate.
+"""Scoring a generator during ``wgan-ext train``: exact W1, modes, the critic's estimate, and for
+images the scores of :mod:`wgan_ext.image_scores` (digit FD, KID and classes; Inception FID).
 
 The evaluation set (real samples and generator noise) is fixed at the start, from generators of
 its own: scores over time compare the same points, and evaluating never draws from the
@@ -8,16 +9,18 @@ training RNG, which keeps resumed runs bit-identical.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from . import data as D
+from . import image_scores as S
 from . import metrics as M
 
 __all__ = ["Evaluator", "SCORES"]
 
-SCORES = ("critic_w_eval", "w1", "w1_floor", "modes", "modes_total", "high_quality")
+SCORES = ("critic_w_eval", "w1", "w1_floor", "modes", "modes_total", "high_quality",
+          "fd", "fd_floor", "kid", "classes", "classes_total", "confident", "fid")
 """The keys of an evaluation row (NaN where a score does not apply to the data)."""
 
 
@@ -31,9 +34,14 @@ class Evaluator:
         w1_floor: exact W1 between two real samples of this size (NaN if there is no second one).
         modes, mode_radius: the mixture's mode centres and the "high-quality sample" radius,
             3 std of a mode (VEEGAN, PacGAN); ``None`` off the mixture toys.
+        digits: the digit scores (:class:`~wgan_ext.image_scores.DigitScores`) on ``digits``.
+        inception: Inception FID on other images, when its weights are found (``inception_weights``
+            or torch's hub cache), else ``None``.
+        notes: lines to show the user once (how to enable Inception FID).
     """
 
-    def __init__(self, source: D.DataSource, n: int, seed: int, encoding_dims: int, device: torch.device) -> None:
+    def __init__(self, source: D.DataSource, n: int, seed: int, encoding_dims: int, device: torch.device,
+                 inception_weights: Optional[str] = None) -> None:
         self.device = device
         self.real = D.eval_real(source, n, seed)
         n = len(self.real)
@@ -42,12 +50,23 @@ class Evaluator:
         self.modes = source.modes if toy else None
         self.mode_radius = 3 * source.mode_std if toy and source.mode_std else None
         self.w1_floor = math.nan
+        self.digits: Optional[S.DigitScores] = None
+        self.inception: Optional[S.InceptionFID] = None
+        self.notes: List[str] = []
+        pool = None
         if toy:
             other = D.toy_sample(source.name, n, torch.Generator().manual_seed(seed + 0xF100))
             self.w1_floor = M.exact_w1(self.real, other)
         elif source.length is not None and source.length >= 2 * n:
             pool = D.eval_real(source, 2 * n, seed + 1)
             self.w1_floor = M.exact_w1(pool[:n], pool[n:])
+        if source.name == "digits":
+            self.digits = S.DigitScores(self.real, (pool[:n], pool[n:]) if pool is not None else None)
+        elif not toy:
+            weights, note = S.inception_fid_status(inception_weights)
+            self.notes.append(note)
+            if weights is not None:
+                self.inception = S.InceptionFID(self.real, weights)
 
     @torch.no_grad()
     def __call__(self, G: torch.nn.Module, C: torch.nn.Module) -> Tuple[Dict[str, Any], torch.Tensor]:
@@ -68,6 +87,10 @@ class Evaluator:
             if self.modes is not None:
                 cov = M.mode_coverage(fake, self.modes, self.mode_radius)
                 row.update(modes=cov.covered, modes_total=cov.total, high_quality=cov.high_quality)
+            if self.digits is not None:
+                row.update(self.digits(fake), fd_floor=self.digits.fd_floor)
+            if self.inception is not None:
+                row["fid"] = self.inception(fake)
             return row, fake
         finally:
             G.train(modes[0])

@@ -115,6 +115,9 @@ class Reporter:
 
     def open(self, done: int) -> None:
         """Start the bar at ``done`` generator iterations and open TensorBoard (if installed)."""
+        if not self.quiet:
+            for note in self.evaluator.notes:
+                print(note, file=self.stderr, flush=True)
         if use_bar(self.progress, self.stderr):
             try:
                 from tqdm.auto import tqdm
@@ -154,6 +157,8 @@ class Reporter:
             s += f" W1={last['w1']:.3f}"
         if _finite(last.get("modes")):
             s += f" modes={_modes_text(last)}"
+        if _finite(last.get("fd")):
+            s += f" FD={last['fd']:.3g} classes={int(last['classes'])}"
         return s
 
     def period(self, row: Dict[str, Any], history: List[Dict[str, Any]], fake: torch.Tensor,
@@ -178,6 +183,11 @@ class Reporter:
             s += f"  exact W1 {row['w1']:.4f}"
         if _finite(row["modes"]):
             s += f"  modes {_modes_text(row)}"
+        if _finite(row["fd"]):
+            s += (f"  digit FD {row['fd']:.3g} (floor {row['fd_floor']:.3g})  classes {int(row['classes'])}/"
+                  f"{int(row['classes_total'])} ({100 * row['confident']:.0f}% confident)")
+        if _finite(row["fid"]):
+            s += f"  Inception FID {row['fid']:.4g}"
         return s
 
     @torch.no_grad()
@@ -194,7 +204,8 @@ class Reporter:
         P.plot_curves(os.path.join(self.out, "curves.png"), history, title=f"{cfg.dataset}, {cfg.loss}")
         _write_metrics(os.path.join(self.out, "metrics.csv"), history)
         if self.tb is not None:
-            for k in ("critic_w", "gen_loss", "critic_w_eval", "w1", "modes", "high_quality"):
+            for k in ("critic_w", "gen_loss", "critic_w_eval", "w1", "modes", "high_quality", "fd", "kid", "classes",
+                      "confident", "fid"):
                 if _finite(row.get(k)):
                     self.tb.add_scalar(f"wgan/{k}", row[k], step)
             try:
@@ -209,7 +220,9 @@ class Reporter:
 
 def _write_metrics(path: str, history: List[Dict[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()), lineterminator="\n")
+    # The union of the rows' keys: a run resumed from an older checkpoint has rows without new scores.
+    fields = list(dict.fromkeys(k for r in history for k in r))
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in history:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
@@ -232,6 +245,10 @@ def summarize(cfg: TrainConfig, history: List[Dict[str, Any]], *, generator_upda
         "spearman_critic_w1": M.spearman(col("critic_w"), col("w1")) if history else math.nan,
         "spearman_critic_eval_w1": M.spearman(col("critic_w_eval"), col("w1")) if history else math.nan,
         "w1_floor": w1_floor,
+        # Images: the critic's estimate against the digit FD (the paper's Figures 3-4) and Inception FID.
+        "spearman_critic_fd": M.spearman(col("critic_w"), col("fd")) if history else math.nan,
+        "spearman_critic_fid": M.spearman(col("critic_w"), col("fid")) if history else math.nan,
+        "fd_floor": history[-1].get("fd_floor", math.nan) if history else math.nan,
         "last_evaluations": _recent(history),
     })
 
@@ -244,11 +261,16 @@ def _recent(history: List[Dict[str, Any]], n: int = 5) -> Dict[str, Any]:
     def finite(k: str) -> List[float]:
         return [float(r[k]) for r in rows if _finite(r.get(k))]
 
-    modes, w1, hq = finite("modes"), finite("w1"), finite("high_quality")
+    mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
+    modes, classes = finite("modes"), finite("classes")
     return {
         "count": len(rows),
-        "w1_mean": sum(w1) / len(w1) if w1 else math.nan,
+        "w1_mean": mean(finite("w1")),
         "modes_min": min(modes) if modes else math.nan,
         "modes_max": max(modes) if modes else math.nan,
-        "high_quality_mean": sum(hq) / len(hq) if hq else math.nan,
+        "high_quality_mean": mean(finite("high_quality")),
+        "fd_mean": mean(finite("fd")),
+        "classes_min": min(classes) if classes else math.nan,
+        "classes_max": max(classes) if classes else math.nan,
+        "confident_mean": mean(finite("confident")),
     }
