@@ -131,7 +131,9 @@ def _jit(name: str, sources: list, cuda: bool) -> str:
     kwargs = _build_kwargs(sources, cuda)
     key = hashlib.sha256(repr((torch.__version__, sys.version_info[:2], kwargs["extra_cflags"],
                                os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda else None)).encode())
-    for s in sources:
+    src = source_dir()
+    headers = sorted(p for ext in ("h", "cuh") for p in src.rglob(f"*.{ext}")) if src else []
+    for s in [*sources, *headers]:  # a changed header is a new build too
         key.update(Path(s).read_bytes())
     name = f"{name}_{key.hexdigest()[:12]}"  # a cached build is found by name, never rebuilt
     built = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"

@@ -2,8 +2,8 @@
 // virtual flat buffer, split by at::parallel_for by element count, so 800 small tensors and one
 // huge one balance alike and a call pays one parallel region per dtype.
 #include "../checks.h"
+#include "vectorize.h"
 
-#include <ATen/Parallel.h>
 #include <c10/core/Scalar.h>
 #include <torch/library.h>
 
@@ -15,18 +15,6 @@
 
 namespace wgan_ext {
 namespace {
-
-constexpr int64_t kGrainSize = 32768;  // below this, a second thread costs more than it saves
-
-// Built without -march, the walk is cloned for AVX-512, AVX2 and baseline x86-64 and picked at
-// load time, so it clamps at the width ATen's own dispatched kernels use.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define WGAN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define WGAN_EXT_CLONES
-#endif
 
 // One dtype's dense tensors; span i holds elements [ends[i-1], ends[i]).
 struct Spans {
@@ -86,11 +74,7 @@ void clamp_spans(const Spans& s, double lo_d, double hi_d) {
       walk<scalar_t>(s, begin, end, lo, hi, 0);
     }
   };
-  if (s.total() <= kGrainSize) {
-    body(0, s.total());  // one thread anyway: no parallel region
-  } else {
-    at::parallel_for(0, s.total(), kGrainSize, body);
-  }
+  for_range(s.total(), body);
 }
 
 // Under torch.set_flush_denormal(True), ATen's bfloat16 clamp_ goes through float and flushes

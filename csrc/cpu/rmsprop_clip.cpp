@@ -5,23 +5,13 @@
 // operations but not its roundings (one rounding per ATen op there, one per stored value here):
 // results agree within 8 ulps of the update's largest operand per step (tests/test_optim.py).
 #include "../rmsprop_clip.h"
+#include "vectorize.h"
 
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 
 namespace wgan_ext {
 namespace {
-
-constexpr int64_t kGrainSize = 32768;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define WGAN_EXT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WGAN_EXT_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define WGAN_EXT_CLONES
-#endif
 
 template <typename op_t>
 struct Hyper {
@@ -67,15 +57,6 @@ WGAN_EXT_CLONES void step_range(T* __restrict__ p, const T* __restrict__ g, T* _
     }
     vp = vp < h.lo ? h.lo : vp;  // compare-and-select: a NaN stays NaN
     p[i] = static_cast<T>(vp > h.hi ? h.hi : vp);
-  }
-}
-
-template <typename F>
-void for_range(int64_t n, const F& f) {
-  if (n <= kGrainSize) {
-    f(0, n);
-  } else {
-    at::parallel_for(0, n, kGrainSize, f);
   }
 }
 
