@@ -38,9 +38,9 @@ def _rows(path):
 @pytest.mark.parametrize("optimizer", ["clipped-rmsprop", "rmsprop"])
 def test_torchgan_run_equals_hand_written_algorithm1(tmp_path, optimizer) -> None:
     """Our torchgan Trainer run and wgan_ext.reference.algorithm1 (plain PyTorch: RMSprop, then
-    clamp_) end with the same generator and critic, bit for bit, from the same initial weights,
-    data and RNG state: with the clip fused into the critic's optimizer (the default) and with
-    RMSprop followed by the critic loss's clip."""
+    clamp_) end with the same generator and critic from the same initial weights, data and RNG
+    state: bit for bit with RMSprop followed by the critic loss's clip, and within rtol 1e-5 with
+    the clip fused into the critic's optimizer (the default, whose kernel rounds differently)."""
     from wgan_ext.networks import MLPCritic, MLPGenerator
     from wgan_ext.optim import ClippedRMSprop
     from wgan_ext.reference import algorithm1
@@ -68,7 +68,10 @@ def test_torchgan_run_equals_hand_written_algorithm1(tmp_path, optimizer) -> Non
     assert res.generator_updates == 12 and res.critic_updates == 60
     for model, ours in ((G, run.trainer.generator), (C, run.trainer.discriminator)):
         for k, v in model.state_dict().items():
-            assert torch.equal(v, ours.state_dict()[k]), k
+            if optimizer == "rmsprop":
+                assert torch.equal(v, ours.state_dict()[k]), k
+            else:  # the fused kernel rounds once per stored value (ClippedRMSprop's stated bound)
+                torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-5, atol=1e-7, msg=k)
     # the run stops on the batch of the 12th generator update: no critic update of a 13th
     assert run.critic_loss.critic_updates == 60 and run.stream.position == 60
 

@@ -505,7 +505,7 @@ def _check_clipping_optimizer(critic: nn.Module, optimizer: ClippedRMSprop,
     if clip_placement == "before":
         raise ValueError("clip_placement='before' needs an optimizer that does not clip: ClippedRMSprop "
                          "clips every parameter after its update")
-    done = optimizer.bounds_for(_collect(critic))  # parameters() walked in C++
+    done = optimizer.bounds_for(_collect(critic))
     if done is None:
         raise ValueError("the critic's ClippedRMSprop does not clip every critic parameter to one (lo, hi): "
                          "give it all of critic.parameters() (one clip value), or use torch.optim.RMSprop")

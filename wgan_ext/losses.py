@@ -643,8 +643,8 @@ class CriticLossBase(DiscriminatorLoss):
 
     def _clip_for(self, critic: Any, optimizer: Any) -> Union[Clip, FusedClipper, None]:
         """What the critic step clips with: the bounds (``fused_clip_`` collects the parameters at
-        each call); for a CUDA critic a :class:`FusedClipper` of its parameters instead, for its
-        device-resident table, kept while they are the same tensors. Nothing to clip if the
+        each call); for a CUDA critic a :class:`FusedClipper` of its parameters instead (one op
+        call on the held list), kept while they are the same tensors. Nothing to clip if the
         optimizer is a :class:`ClippedRMSprop` (its step clips)."""
         first = next(critic.parameters(), None)
         if (self.clip is None or self.clip_backend == "torch" or isinstance(optimizer, ClippedRMSprop)
