@@ -34,7 +34,7 @@ try:  # torch's OptimizerInfo for RMSprop; its test utilities need expecttest (t
     _frozen = torch.backends.flags_frozen()
     from torch.testing._internal.common_optimizers import OptimizerErrorEnum, OptimizerInput, optim_db
     if not _frozen:  # importing them froze torch.backends flags for the whole session: undo
-        vars(torch.backends)["__allow_nonbracketed_mutation_flag"] = True
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
     RMSPROP = next(info for info in optim_db if info.optim_cls is torch.optim.RMSprop)
 except ImportError:
     RMSPROP = None
