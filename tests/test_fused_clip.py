@@ -382,6 +382,10 @@ def _victims():
         (True, TypeError, "real number"),
         ("0.01", TypeError, "real number"),
         (1j, TypeError, "real number"),
+        (10**400, ValueError, "finite"),  # an int beyond any float: not OverflowError
+        ((-(10**400), 0.01), ValueError, "finite"),
+        (torch.tensor(True), TypeError, "real number"),  # as True is refused
+        (torch.tensor(1j), TypeError, "real number"),
     ],
 )
 def test_bad_bounds_raise_and_modify_nothing(c, exc, match):
@@ -389,6 +393,12 @@ def test_bad_bounds_raise_and_modify_nothing(c, exc, match):
     with pytest.raises(exc, match=match):
         fused_clip_([good], c)
     assert_bit_equal(good, copy)
+
+
+def test_a_one_element_real_tensor_is_a_bound():
+    good, copy = _victims()
+    fused_clip_([good], torch.tensor(0.01, dtype=torch.float64))
+    assert_bit_equal(good, copy.clamp(-0.01, 0.01))
 
 
 @pytest.mark.parametrize(
