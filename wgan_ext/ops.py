@@ -139,8 +139,8 @@ def _clip(tensors: Sequence, lo: float, hi: float, backend: str, dry_run: bool =
         try:  # the common case, one device: the op checks that too, before any write
             torch.ops.wgan_ext.fused_clip_(tensors, lo, hi)
             return
-        except ValueError:  # tensors on several devices, ...: grouped below, or raised again
-            pass
+        except (ValueError, NotImplementedError):  # several devices, ...: grouped below, or
+            pass  # raised again by the same check
     groups, wrappers = _by_device(tensors)
     kernel = {key: _kernel_serves(key[0], backend) for key in groups}
     if dry_run or len(groups) > 1:
