@@ -1,14 +1,16 @@
 // CPU kernel of wgan_ext::rmsprop_clip_: RMSprop's update and the clamp in one pass over each
 // parameter and its state, with float opmath for float16/bfloat16 as ATen's CPU fused optimizers
 // do, vectorised for AVX-512, AVX2 and baseline x86-64 (target_clones) and picked at load time.
-// The modes are runtime flags, not instantiations. It follows torch.optim.RMSprop's order of
-// operations but not its roundings (one rounding per ATen op there, one per stored value here):
-// results agree within 8 ulps of the update's largest operand per step (tests/test_optim.py).
+// Four loop versions per dtype (centered x momentum), the other modes runtime values. It follows
+// torch.optim.RMSprop's order of operations but not its roundings (one rounding per ATen op
+// there, one per stored value here): results agree within 8 ulps of the update's largest
+// operand per step (tests/test_optim.py).
 #include "../rmsprop_clip.h"
 #include "vectorize.h"
 
 #include <torch/library.h>
 
+#include <cmath>
 
 namespace wgan_ext {
 namespace {
@@ -21,10 +23,10 @@ struct Hyper {
 
 // Elements [begin, end) of one parameter and its state, in opmath (float for 16-bit dtypes):
 // torch.optim.RMSprop's single-tensor step, then the clamp, with a fused multiply-add where
-// ATen's vectorised CPU kernels have one (so a cancellation, e.g. in g + wd * p, rounds alike). The two modes that change what is
-// stored are template flags, picked once per tensor; the rest are loop-invariant values, so the
-// compiler vectorises every version (an at::vec::Vectorized loop, built without ATen's
-// per-capability flags, measured 20x slower here than this loop under target_clones).
+// ATen's vectorised CPU kernels have one (so a cancellation, e.g. in g + wd * p, rounds alike).
+// The two modes that change what is stored are template flags, picked once per tensor; the rest
+// are loop-invariant values, so the compiler vectorises every version (an at::vec::Vectorized
+// loop, built without ATen's per-capability flags, measured 20x slower than this one).
 template <typename T, bool kCentered, bool kMomentum>
 WGAN_EXT_CLONES void step_range(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ sq,
                                 T* __restrict__ ga, T* __restrict__ buf, int64_t begin,
