@@ -20,36 +20,42 @@ namespace {
 template <typename op_t>
 struct Hyper {
   op_t sign, weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr, lo, hi;
-  bool centered, has_momentum;
+  bool centered, has_momentum, lerp_low;  // lerp_low: 1 - alpha < 0.5
   const void* lr;  // a device learning rate, or nullptr
   bool lr_double;
 };
+
+// A product nvcc may not fuse into the following add.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 template <typename T>
 struct RMSpropFunctor {
   using op_t = at::opmath_type<T>;
 
+  // The CPU kernel's arithmetic (cpu/rmsprop_clip.cpp): a fused multiply-add where ATen's
+  // vectorised kernels have one, one rounding per stored value.
   __device__ static void update(T& p, T g_in, T& sq, T& ga, T& buf, const Hyper<op_t>& h, op_t neg_lr) {
     op_t g = static_cast<op_t>(g_in) * h.sign;
     op_t vp = static_cast<op_t>(p);
-    if (h.weight_decay != 0) g = g + vp * h.weight_decay;  // uniform: no divergence
-    op_t s = static_cast<op_t>(sq) * h.alpha + h.one_minus_alpha * g * g;
+    if (h.weight_decay != 0) g = ::fma(h.weight_decay, vp, g);  // uniform: no divergence
+    const op_t s = ::fma(h.one_minus_alpha * g, g, static_cast<op_t>(sq) * h.alpha);
     op_t avg;
     if (h.centered) {
       op_t a = static_cast<op_t>(ga);
-      a = a + h.one_minus_alpha * (g - a);
+      a = h.lerp_low ? ::fma(h.one_minus_alpha, g - a, a) : ::fma(h.one_minus_alpha - 1, g - a, g);
       ga = static_cast<T>(a);
-      avg = ::sqrt(s - a * a) + h.eps;
+      avg = ::sqrt(::fma(-a, a, s)) + h.eps;
     } else {
       avg = ::sqrt(s) + h.eps;
     }
     sq = static_cast<T>(s);
     if (h.has_momentum) {
-      op_t b = static_cast<op_t>(buf) * h.momentum + g / avg;
+      const op_t b = mul_rn(static_cast<op_t>(buf), h.momentum) + g / avg;  // no fma: as ATen
       buf = static_cast<T>(b);
-      vp = vp + neg_lr * b;
+      vp = ::fma(neg_lr, b, vp);
     } else {
-      vp = vp + neg_lr * (g / avg);
+      vp = vp + neg_lr * g / avg;
     }
     vp = vp < h.lo ? h.lo : vp;  // compare-and-select: a NaN stays NaN
     p = static_cast<T>(vp > h.hi ? h.hi : vp);
@@ -138,7 +144,7 @@ void rmsprop_clip_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
       const Hyper<op_t> h{maximize ? op_t(-1) : op_t(1), op_t(weight_decay), op_t(alpha),
           op_t(1 - alpha), op_t(eps), op_t(momentum), op_t(-lr_host),
           op_t(c10::Scalar(lo).to<scalar_t>()), op_t(c10::Scalar(hi).to<scalar_t>()), centered,
-          momentum > 0, lr_on_device ? lr_tensor->const_data_ptr() : nullptr,
+          momentum > 0, 1 - alpha < 0.5, lr_on_device ? lr_tensor->const_data_ptr() : nullptr,
           lr_on_device && lr_tensor->scalar_type() == at::kDouble};
       multi_tensor_apply<5>(lists, stream, RMSpropFunctor<scalar_t>(), h);
     });
