@@ -184,35 +184,13 @@ def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = 
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         if "modes" in panels:
-            ax = axes[panels.index("modes")]
-            ax.step(its, col("modes"), color="tab:purple", where="post", label="modes covered")
-            ax.set_ylabel("modes covered", color="tab:purple")
-            ax.set_ylim(0, max(v for v in col("modes_total") + [1.0] if math.isfinite(v)) + 0.5)
-            ax2 = ax.twinx()
-            ax2.plot(its, [100 * v for v in col("high_quality")], color="tab:green", marker=".",
-                     label="% of samples within 3 std of a mode")
-            ax2.set_ylabel("% within 3 std", color="tab:green")
-            ax2.set_ylim(0, 100)
-            h1, l1 = ax.get_legend_handles_labels()
-            h2, l2 = ax2.get_legend_handles_labels()
-            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-            ax.grid(alpha=0.3)
+            _plot_coverage(axes[panels.index("modes")], its, col, "modes", "modes covered",
+                           "high_quality", "% of samples within 3 std of a mode", "% within 3 std")
         if "fd" in panels:
             _plot_fd(axes[panels.index("fd")], its, col)
         if "classes" in panels:
-            ax = axes[panels.index("classes")]
-            ax.step(its, col("classes"), color="tab:purple", where="post", label="digit classes covered")
-            ax.set_ylabel("classes covered", color="tab:purple")
-            ax.set_ylim(0, max(v for v in col("classes_total") + [1.0] if math.isfinite(v)) + 0.5)
-            ax2 = ax.twinx()
-            ax2.plot(its, [100 * v for v in col("confident")], color="tab:green", marker=".",
-                     label="% of samples classified confidently")
-            ax2.set_ylabel("% confident", color="tab:green")
-            ax2.set_ylim(0, 100)
-            h1, l1 = ax.get_legend_handles_labels()
-            h2, l2 = ax2.get_legend_handles_labels()
-            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-            ax.grid(alpha=0.3)
+            _plot_coverage(axes[panels.index("classes")], its, col, "classes", "digit classes covered",
+                           "confident", "% of samples classified confidently", "% confident")
         if "fid" in panels:
             ax = axes[panels.index("fid")]
             ax.plot(its, col("fid"), color="k", label="Inception FID(generated, real)")
@@ -229,6 +207,23 @@ def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = 
     finally:
         plt.close(fig)
     return panels
+
+
+def _plot_coverage(ax, its: Sequence[float], col: Callable[[str], List[float]], key: str, label: str,
+                   frac: str, frac_label: str, frac_axis: str) -> None:
+    """How many of ``key``'s groups (modes, digit classes) are covered, as steps against the
+    ``{key}_total`` ceiling, and the fraction ``frac`` of samples in % on a second axis."""
+    ax.step(its, col(key), color="tab:purple", where="post", label=label)
+    ax.set_ylabel(label.replace("digit ", ""), color="tab:purple")
+    ax.set_ylim(0, max(v for v in col(f"{key}_total") + [1.0] if math.isfinite(v)) + 0.5)
+    ax2 = ax.twinx()
+    ax2.plot(its, [100 * v for v in col(frac)], color="tab:green", marker=".", label=frac_label)
+    ax2.set_ylabel(frac_axis, color="tab:green")
+    ax2.set_ylim(0, 100)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
 
 
 def _plot_fd(ax, its: Sequence[float], col: Callable[[str], List[float]]) -> None:
