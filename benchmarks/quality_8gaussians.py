@@ -99,7 +99,7 @@ def run_reference(seed: int, iterations: int, replay: bool = False) -> Dict[str,
     try:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        G = MLPGenerator(encoding_dims=cfg.encoding_dims, out_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
+        G = MLPGenerator(encoding_dims=cfg.encoding_dims, out_shape=(2,), hidden=cfg.generator_hidden, n_hidden=cfg.n_hidden)
         C = MLPCritic(in_shape=(2,), hidden=cfg.hidden, n_hidden=cfg.n_hidden)
         if replay:  # torchgan's ImageVisualize samples its test noise: G.sampler(64, device)
             torch.randn(64, cfg.encoding_dims)
@@ -124,6 +124,8 @@ def run_reference(seed: int, iterations: int, replay: bool = False) -> Dict[str,
             })
 
         def evaluate(g: int, res) -> None:
+            for opt in (res.optimizer_generator, res.optimizer_critic):  # --lr-decay, as wgan-ext train sets it
+                opt.param_groups[0]["lr"] = cfg.lr * (1 - (g + 1) / cfg.iterations if cfg.lr_decay == "linear" else 1)
             if (g + 1) % cfg.log_every and g + 1 != cfg.iterations:
                 return
             score(g + 1, res.wasserstein[seen[0]:])

@@ -253,12 +253,15 @@ def test_help_shows_no_default_noise_and_numbers_from_the_defaults(capsys, monke
 
     monkeypatch.setitem(train_config.TOY_DEFAULTS, "iterations", 12345)
     monkeypatch.setitem(train_config.IMAGE_DEFAULTS, "log_every", 321)
+    monkeypatch.setitem(train_config.TOY_DEFAULTS, "log_every", 444)
+    monkeypatch.setitem(train_config.TOY_DEFAULTS, "batch_size", 333)
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default:" not in text.replace("(default: on a terminal)", "")
     assert "12345 generator iterations" in text and "default 12345 on the 2-D toys" in text
-    assert "default 500 on the 2-D toys, 250 on digits, 321 otherwise" in text
-    assert "(default 64)" in text and "default 0.01)" in text and "(default 5)" in text
+    assert "default 444 on the 2-D toys, 250 on digits, 321 otherwise" in text
+    assert "(default 333 on the 2-D toys, 64 otherwise)" in text and "batch 333)" in text
+    assert "default 0.01)" in text and "(default 5)" in text
 
 
 def _set_columns(fd: int, columns: int) -> None:

@@ -87,3 +87,22 @@ def test_network_dict_errors():
         wgan_network("resnet")
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         wgan_network("mlp", lr=0)
+
+
+def test_mlp_generator_batchnorm_normalises_each_hidden_layer():
+    torch.manual_seed(0)
+    gen = MLPGenerator(encoding_dims=5, out_shape=(1, 4, 4), hidden=16, n_hidden=3, batchnorm=True, tanh=True)
+    norms = [m for m in gen.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == 3 and all(m.num_features == 16 for m in norms)
+    # in training mode each hidden layer's pre-activations are standardised over the batch
+    h = gen.model[:2](torch.randn(64, 5))
+    torch.testing.assert_close(h.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.var(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in MLPGenerator(5, (2,), hidden=16).modules())
+    net = wgan_network("mlp", sample_shape=(2,), encoding_dims=3, hidden=8, batchnorm=True, generator_hidden=12)
+    critic = net["discriminator"]["name"](**net["discriminator"]["args"])
+    gen = net["generator"]["name"](**net["generator"]["args"])
+    assert net["generator"]["args"]["batchnorm"] is True
+    assert [m.out_features for m in gen.modules() if isinstance(m, nn.Linear)] == [12, 12, 12, 2]
+    assert [m.out_features for m in critic.modules() if isinstance(m, nn.Linear)] == [8, 8, 8, 1]
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in critic.modules())  # the critic never has it

@@ -36,7 +36,7 @@ pytestmark = [NEEDS_GLOO]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 0.01
-TINY = ["--hidden", "16", "--eval-samples", "64", "--log-every", "10", "--no-progress", "--quiet"]
+TINY = ["--hidden", "16", "--generator-hidden", "16", "--eval-samples", "64", "--log-every", "10", "--no-progress", "--quiet"]
 TIMEOUT = 240  # seconds per launch; a tiny run takes about 10 s on 2 busy cores
 
 # Installed in every worker through sitecustomize: records the paths each rank opens for
@@ -159,7 +159,7 @@ def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path)
 
 
 def _cfg(tmp: str, name: str) -> T.TrainConfig:
-    return T.TrainConfig(out=os.path.join(tmp, name), hidden=16, eval_samples=64, log_every=10, iterations=20)
+    return T.TrainConfig(out=os.path.join(tmp, name), hidden=16, generator_hidden=16, eval_samples=64, log_every=10, iterations=20)
 
 
 def _ddp_worker(rank: int, tmp: str) -> None:
@@ -238,8 +238,8 @@ def test_a_rank_reads_only_its_rows_of_an_image_batch() -> None:
 @pytest.mark.parametrize("argv, expect", [
     (["--fsdp"], "--fsdp shards the critic over several processes: launch with torchrun"),
     (["--nproc", "0"], "argument --nproc: must be >= 1, got 0"),
-    (["--nproc", "3"], "batch size 64 is the global batch m, split evenly over 3 processes: it must be a "
-                       "multiple of 3"),
+    (["--nproc", "3", "--batch-size", "64"], "batch size 64 is the global batch m, split evenly over 3 processes: "
+                                             "it must be a multiple of 3"),
     (["--nproc", "2", "--fsdp", "--loss", "gp"], "--fsdp cannot train --loss gp"),
 ])
 def test_bad_combinations_are_one_line_exit_2(tmp_path, capsys, argv, expect) -> None:

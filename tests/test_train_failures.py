@@ -25,7 +25,7 @@ from wgan_ext import train_checkpoint as TC
 from wgan_ext.train_errors import EXIT_CODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--hidden", "16", "--eval-samples", "64", "--no-progress", "--quiet"]
+TINY = ["--hidden", "16", "--generator-hidden", "16", "--eval-samples", "64", "--no-progress", "--quiet"]
 
 
 def _train(run, *extra):
@@ -95,12 +95,12 @@ def test_memory_estimate_counts_the_networks_parameters() -> None:
     from wgan_ext.train_setup import build_network
 
     source = D.make_source("8gaussians")
-    cfg = T.resolve_config(T.TrainConfig(hidden=24, encoding_dims=3), source)
+    cfg = T.resolve_config(T.TrainConfig(hidden=24, generator_hidden=20, encoding_dims=3), source)
     network = build_network(cfg, source)
     real = [sum(p.numel() for p in network[k]["name"](**network[k]["args"]).parameters())
             for k in ("generator", "discriminator")]
-    h = 24  # by hand: 3 hidden layers of 24 units, 3-D noise, 2-D samples, 1 critic output
-    assert real == [3 * h + h + 2 * (h * h + h) + h * 2 + 2, 2 * h + h + 2 * (h * h + h) + h + 1]
+    g, h = 20, 24  # by hand: 3 hidden layers of 20 / 24 units, 3-D noise, 2-D samples, 1 critic output
+    assert real == [3 * g + g + 2 * (g * g + g) + g * 2 + 2, 2 * h + h + 2 * (h * h + h) + h + 1]
     assert list(_measure(cfg, source)[:2]) == real
     small = estimate_memory(cfg, source)["evaluation"][0]
     big = estimate_memory(T.resolve_config(T.TrainConfig(hidden=24, encoding_dims=3, eval_samples=1024), source),
@@ -133,13 +133,13 @@ def test_diverged_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path) -> No
             with torch.no_grad():
                 next(run.trainer.discriminator.parameters()).fill_(math.nan)
 
-    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, eval_samples=64, iterations=6, log_every=2)
+    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, generator_hidden=16, eval_samples=64, iterations=6, log_every=2)
     with pytest.raises(T.DivergedError) as e:
         T.run(cfg, progress=False, quiet=True, on_batch=poison)
     assert str(e.value).splitlines() == [
         "training diverged: the generator and critic weights hold NaN or inf at generator iteration 4",
         f"{cfg.out} keeps the checkpoint of generator iteration 2, the last finite one; start a new run with a "
-        "smaller --lr than 0.0001"]
+        f"smaller --lr than {T.TOY_DEFAULTS['lr']:g}"]
     ck = T.load_checkpoint(os.path.join(cfg.out, T.CHECKPOINT_NAME))
     assert TC.generator_updates(ck) == 2
     assert all(torch.isfinite(v).all() for v in ck["models"]["discriminator"].values())
@@ -158,7 +158,7 @@ def test_ctrl_c_never_saves_non_finite_weights(tmp_path) -> None:
                 next(run.trainer.generator.parameters()).fill_(math.inf)
             os.kill(os.getpid(), signal.SIGINT)
 
-    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, eval_samples=64, iterations=6, log_every=2)
+    cfg = T.TrainConfig(out=str(tmp_path / "run"), hidden=16, generator_hidden=16, eval_samples=64, iterations=6, log_every=2)
     with pytest.raises(T.DivergedError, match="the generator weights hold NaN or inf at generator iteration 2"):
         T.run(cfg, progress=False, quiet=True, on_batch=poison_then_stop)
     ck = read_checkpoint(cfg.out)

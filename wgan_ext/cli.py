@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wgan-ext`` (subcommands ``train`` and ``info``)."""
     from .data import DATASETS, TOY_DATASETS
     from .functional import PAPER_C, CriticSchedule
-    from .train_config import (ADAM_BETAS, ARCHS, DIGITS_DEFAULTS, GP_LR, IMAGE_DEFAULTS, LOSSES, MLP_THREADS,
-                               OPTIMIZERS, SCHEDULES, TOY_DEFAULTS, TrainConfig)
+    from .train_config import (ADAM_BETAS, ARCHS, DIGITS_DEFAULTS, GP_LR, IMAGE_DEFAULTS, LOSSES, LR_DECAYS,
+                               MLP_THREADS, OPTIMIZERS, SCHEDULES, TOY_DEFAULTS, TrainConfig)
 
     cfg = TrainConfig()  # the fixed defaults; per-dataset ones come from TOY_DEFAULTS / IMAGE_DEFAULTS
     toy, img, dig = TOY_DEFAULTS, IMAGE_DEFAULTS, DIGITS_DEFAULTS
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a WGAN through a torchgan Trainer with wgan-ext's losses. With no arguments: "
             f"Algorithm 1 of the WGAN paper (RMSProp, c={PAPER_C:g}, n_critic={cfg.n_critic}, batch "
-            f"{cfg.batch_size}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}. "
+            f"{toy['batch_size']}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}. "
             "Writes a run folder with samples, curves.png, metrics.csv, summary.json, config.json, "
             "checkpoint.pt (and TensorBoard events if tensorboard is installed). Iterations are generator "
             "iterations; each torchgan epoch is one logging period of --log-every of them, and the toys "
@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"Why not {_num(img['lr'])} on the toys: on 8 gaussians it needs about 3x the iterations to "
                         "reach the same exact W1 (measured), too slow for a first run; the rest of Algorithm 1 "
                         "(RMSProp, c, n_critic, m) is unchanged")
+    a.add_argument("--lr-decay", choices=LR_DECAYS, default=S,
+                   help=f"none: the paper's constant lr; linear: lr falls linearly to 0 at the last generator "
+                        f"iteration (a resumed run given more --iterations follows the longer ramp from where it "
+                        f"is). Default {toy['lr_decay']} on the 2-D toys, none otherwise")
     a.add_argument("--optimizer", choices=OPTIMIZERS, default=S,
                    help="clipped-rmsprop (the default with weight clipping: the paper's RMSProp with the clip "
                         "fused into the critic's step), rmsprop (RMSProp, then a separate clip) or adam (betas "
@@ -157,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gp-lambda", type=_float, default=S,
                    help=f"gradient-penalty weight for --loss gp (default {cfg.gp_lambda:g})")
     r = t.add_argument_group("run length")
-    r.add_argument("--batch-size", type=_positive_int, default=S, help=f"m, samples per batch (default {cfg.batch_size})")
+    r.add_argument("--batch-size", type=_positive_int, default=S, help=f"m, samples per batch ({per_data('batch_size')})")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--iterations", type=_positive_int, default=S,
                    help=f"generator iterations, each after n_critic critic updates on fresh batches "
@@ -169,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     m = t.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default=S, help="mlp (toys, digits) or dcgan (image files)")
     m.add_argument("--hidden", type=_positive_int, default=S,
-                   help=f"MLP units per layer ({per_data('hidden')}; the paper's: 512)")
+                   help=f"MLP units per layer: the critic's, and the generator's unless --generator-hidden "
+                        f"({per_data('hidden')}; the paper's: 512)")
+    m.add_argument("--generator-hidden", type=_positive_int, default=S,
+                   help=f"the MLP generator's units per layer (default {toy['generator_hidden']} on the 2-D toys, "
+                        "else --hidden)")
+    m.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=S,
+                   help="batch norm after each hidden layer of the MLP generator, as in DCGAN's generator (on by "
+                        "default for digits, off for the toys; DCGAN networks have their own)")
     m.add_argument("--encoding-dims", type=_positive_int, default=S, help=f"noise dimension ({per_data('encoding_dims')})")
     o = t.add_argument_group("run")
     o.add_argument("--seed", type=int, default=S, help=f"random seed (default {cfg.seed})")
@@ -267,6 +278,8 @@ def _forwarded(args: argparse.Namespace, explicit: Dict[str, Any], resume_out: O
     for k, v in explicit.items():
         if k == "fsdp":
             argv.append("--fsdp")
+        elif k == "batchnorm":
+            argv.append("--batchnorm" if v else "--no-batchnorm")
         elif k != "out":
             argv += [f"--{k.replace('_', '-')}", repr(v) if isinstance(v, float) else str(v)]
     argv += ["--resume", resume_out] if resume_out is not None else ["--out", out]

@@ -89,11 +89,13 @@ def _positive(value: Any, name: str) -> int:
     return int(value)
 
 
-def _mlp(in_features: int, hidden: int, n_hidden: int, out_features: int, bias: bool) -> nn.Sequential:
-    layers = []
+def _mlp(in_features: int, hidden: int, n_hidden: int, out_features: int, bias: bool,
+         batchnorm: bool = False) -> nn.Sequential:
+    layers: list = []
     width = in_features
     for _ in range(n_hidden):
-        layers += [nn.Linear(width, hidden, bias=bias), nn.ReLU()]
+        layers.append(nn.Linear(width, hidden, bias=bias))
+        layers += [nn.BatchNorm1d(hidden), nn.ReLU()] if batchnorm else [nn.ReLU()]
         width = hidden
     layers.append(nn.Linear(width, out_features, bias=bias))
     return nn.Sequential(*layers)
@@ -133,7 +135,8 @@ class MLPCritic(_DiscriminatorBase):
 
 
 class MLPGenerator(_GeneratorBase):
-    r"""The paper's MLP generator: ``n_hidden`` x (Linear, ReLU), Linear, reshape to ``out_shape``.
+    r"""The paper's MLP generator: ``n_hidden`` x (Linear, ReLU), Linear, reshape to ``out_shape``;
+    with ``batchnorm``, ``n_hidden`` x (Linear, BatchNorm1d, ReLU) as in DCGAN's generator.
 
     Args:
         encoding_dims: dimension of ``z`` (100 in the paper).
@@ -143,12 +146,15 @@ class MLPGenerator(_GeneratorBase):
         bias: ``False`` drops every bias (as shekkizh's TensorFlow WGAN does).
         tanh: squash the output to ``(-1, 1)`` (images scaled to [-1, 1]); the paper's code has
             no output nonlinearity.
+        batchnorm: batch norm after each hidden Linear (the digits preset: it lifts the classes
+            covered from 5-8 to 10 of 10, see ``wgan_ext/train_config.py``).
         label_type: torchgan's label type; only ``"none"`` is supported.
     """
 
     def __init__(
         self, encoding_dims: int = 100, out_shape: Shape = (1, 28, 28), hidden: int = 512,
         n_hidden: int = 3, bias: bool = True, tanh: bool = False, label_type: str = "none",
+        batchnorm: bool = False,
     ) -> None:
         shape = _shape(out_shape, "out_shape")
         encoding_dims = _positive(encoding_dims, "encoding_dims")
@@ -157,7 +163,7 @@ class MLPGenerator(_GeneratorBase):
             raise ValueError(f"MLPGenerator is unconditional: label_type must be 'none', got {label_type!r}")
         super().__init__(encoding_dims, label_type)
         self.out_shape = shape
-        self.model = _mlp(encoding_dims, hidden, n_hidden, math.prod(shape), bias)
+        self.model = _mlp(encoding_dims, hidden, n_hidden, math.prod(shape), bias, bool(batchnorm))
         self.out = nn.Tanh() if tanh else nn.Identity()
 
     def forward(self, z: Tensor, feature_matching: bool = False) -> Tensor:
@@ -208,10 +214,11 @@ def wgan_network(
     channels: int = 3,
     encoding_dims: int = 100,
     step_channels: int = 64,
-    batchnorm: bool = True,
+    batchnorm: Optional[bool] = None,
     sample_shape: Optional[Shape] = None,
     hidden: int = 512,
     n_hidden: int = 3,
+    generator_hidden: Optional[int] = None,
     tanh: Optional[bool] = None,
     bias: bool = True,
     lr: float = PAPER_LR,
@@ -227,9 +234,11 @@ def wgan_network(
         channels: image channels.
         encoding_dims: dimension of ``z``.
         step_channels: DCGAN width multiplier.
-        batchnorm: DCGAN batch norm.
+        batchnorm: batch norm in both DCGAN networks (default on), or in the MLP generator's
+            hidden layers (default off; the MLP critic never has it).
         sample_shape: MLP sample shape; default ``(channels, image_size, image_size)``.
         hidden, n_hidden: MLP width and depth (512, 3 in the paper).
+        generator_hidden: the MLP generator's width, when it differs from the critic's ``hidden``.
         tanh: MLP generator output ``tanh`` (default: on for images, i.e. when ``sample_shape``
             is not given; DCGAN always has it).
         bias: ``False`` removes bias terms from both networks (as shekkizh's TensorFlow WGAN does).
@@ -246,7 +255,7 @@ def wgan_network(
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     opt = {"name": optimizer, "args": {"lr": float(lr), **(optimizer_args or {})}}
     if kind == "dcgan":
-        common = {"step_channels": step_channels, "batchnorm": batchnorm, "bias": bias}
+        common = {"step_channels": step_channels, "batchnorm": batchnorm is not False, "bias": bias}
         gen = {"name": dcgan_generator, "args": {"encoding_dims": encoding_dims, "out_size": image_size,
                                                   "out_channels": channels, **common}}
         disc = {"name": dcgan_critic, "args": {"in_size": image_size, "in_channels": channels, **common}}
@@ -254,7 +263,10 @@ def wgan_network(
         shape = _shape(sample_shape if sample_shape is not None else (channels, image_size, image_size), "sample_shape")
         use_tanh = (sample_shape is None) if tanh is None else bool(tanh)
         mlp = {"hidden": hidden, "n_hidden": n_hidden, "bias": bias}
-        gen = {"name": MLPGenerator, "args": {"encoding_dims": encoding_dims, "out_shape": shape, "tanh": use_tanh, **mlp}}
+        gen = {"name": MLPGenerator, "args": {"encoding_dims": encoding_dims, "out_shape": shape, "tanh": use_tanh,
+                                              "batchnorm": bool(batchnorm), **mlp}}
+        if generator_hidden is not None:
+            gen["args"]["hidden"] = generator_hidden
         disc = {"name": MLPCritic, "args": {"in_shape": shape, **mlp}}
     else:
         raise ValueError(f"kind must be 'dcgan' or 'mlp', got {kind!r}")

@@ -59,7 +59,7 @@ from .train_errors import CheckpointError, DivergedError, RunWriteError
 from .train_eval import Evaluator
 from .train_limits import check_memory, check_numbers
 from .train_report import PeriodStats, Reporter, atomic_write_text, json_safe, summarize
-from .train_setup import TrainerHooks, build_losses, build_network, build_trainer
+from .train_setup import TrainerHooks, build_losses, build_network, build_trainer, lr_factor
 
 __all__ = [
     "TrainConfig", "TrainError", "RunResult", "LOSSES", "OPTIMIZERS", "SCHEDULES", "TOY_DEFAULTS",
@@ -71,8 +71,8 @@ CONFIG_NAME = "config.json"
 
 # Settings that change what is trained; a resumed run must keep them.
 _FIXED_ON_RESUME = (
-    "dataset", "data_dir", "image_size", "channels", "loss", "c", "n_critic", "schedule", "lr",
-    "optimizer", "batch_size", "seed", "arch", "hidden", "n_hidden", "encoding_dims", "gp_lambda",
+    "dataset", "data_dir", "image_size", "channels", "loss", "c", "n_critic", "schedule", "lr", "lr_decay",
+    "optimizer", "batch_size", "seed", "arch", "hidden", "generator_hidden", "n_hidden", "batchnorm", "encoding_dims", "gp_lambda",
     "eval_samples", "log_every", "fsdp",
 )
 # Settings a resumed run may change.
@@ -156,6 +156,12 @@ def find_resume_dir(path: Optional[str], out: Optional[str]) -> str:
 def _resumed_config(ck: Dict[str, Any], out: str, explicit: Dict[str, Any]) -> TrainConfig:
     """The checkpoint's config, with the settings a resumed run may change taken from ``explicit``."""
     saved = TrainConfig(**{k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__})
+    if "lr_decay" not in ck["config"]:  # written before --lr-decay existed: its lr was constant
+        saved.lr_decay = "none"
+    if "batchnorm" not in ck["config"] and saved.arch == "mlp":  # likewise: no batch norm then,
+        saved.batchnorm = False                                   # and one width for both MLPs
+    if "generator_hidden" not in ck["config"] and saved.arch == "mlp":
+        saved.generator_hidden = saved.hidden
     for k, v in explicit.items():
         if k in _FIXED_ON_RESUME and v is not None and v != getattr(saved, k):
             raise TrainError(
@@ -265,6 +271,15 @@ class _Run:
     def gen_updates(self) -> int:
         return self.critic_loss.generator_updates
 
+    def _set_lr(self, done: Optional[int] = None, iterations: Optional[int] = None) -> None:
+        """Set the learning rate of generator iteration ``done + 1`` (default: the next one) and
+        of the critic updates before it, in a run of ``iterations`` (default: this run's)."""
+        done = self.gen_updates if done is None else done
+        lr = self.cfg.lr * lr_factor(self.cfg.lr_decay, done, iterations or self.cfg.iterations)
+        for name in self.trainer.optimizer_names:
+            for group in getattr(self.trainer, name).param_groups:
+                group["lr"] = lr
+
     def _period_done(self) -> bool:
         # An interrupt is handled after the next batch (after_batch), never by ending a period
         # early: an empty period would log a duplicate row.
@@ -285,6 +300,7 @@ class _Run:
                 self.reporter.critic_update(self.critic_loss.last_wasserstein)
         generator_updated = gen_n != self._seen[1]
         if generator_updated:
+            self._set_lr()
             self.stats.add_generator(self.gen_loss.last_value)
             if self.reporter is not None:
                 self.reporter.generator_update(self.gen_updates)
@@ -377,6 +393,9 @@ class _Run:
         def load_models(models: Dict[str, Any], optimizers: Dict[str, Any]) -> None:
             TD.load_model_states(self.trainer, self.world, models, optimizers)
 
+        # the optimizers' lr as the checkpoint's run set it (checked against the saved one; a longer
+        # run then sets its own in train())
+        self._set_lr(generator_updates(ck), int(ck["config"]["iterations"]))
         restore_training_state(ck, self.trainer, self.critic_loss, self.gen_loss,
                                load_models=load_models if self.world.distributed else None,
                                rng=mine["rng"] if mine else None)
@@ -407,6 +426,7 @@ class _Run:
             except ValueError:  # not the main thread: Ctrl-C handling stays Python's default
                 pass
             self._t0 = time.perf_counter()
+            self._set_lr()
             if self.next_period < self.n_periods:
                 self.trainer.epochs = self.n_periods
                 with contextlib.redirect_stdout(io.StringIO()):  # torchgan prints a line per epoch

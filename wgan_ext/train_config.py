@@ -19,36 +19,52 @@ from . import data as D
 from . import functional as WF
 
 __all__ = [
-    "TrainConfig", "TrainError", "resolve_config", "LOSSES", "OPTIMIZERS", "SCHEDULES", "ARCHS",
+    "TrainConfig", "TrainError", "resolve_config", "LOSSES", "OPTIMIZERS", "SCHEDULES", "LR_DECAYS", "ARCHS",
     "TOY_DEFAULTS", "IMAGE_DEFAULTS", "DIGITS_DEFAULTS", "GP_LR", "ADAM_BETAS", "MLP_THREADS", "MAX_SEED", "usable_cpus",
 ]
 
 LOSSES = ("clip", "gp", "hinge")
 OPTIMIZERS = ("clipped-rmsprop", "rmsprop", "adam")
 SCHEDULES = ("constant", "paper")
+LR_DECAYS = ("none", "linear")
 ARCHS = ("mlp", "dcgan")
 
-# Defaults for the 2-D toys. The paper's Algorithm 1 is kept (RMSProp, c = 0.01, n_critic = 5,
-# m = 64); lr, width and length are chosen so that the default run learns visibly in a few
-# minutes on two CPU cores. Measured on 8 gaussians (2 shared cores, 3 x 128 MLPs):
-#   lr 5e-5 (paper): exact W1 0.24 after 10000 generator iterations, still falling slowly;
-#   lr 1e-4:         W1 0.17 after 10000 (0.24 already after 3000);
-#   lr 2e-4:         W1 0.20 after 6000 but noisier (modes come and go); 5e-4 kills the critic.
-# 3 x 128 units learn as well as 3 x 256 here at half the time (3 x 512, the paper's MLP width
-# for images, is 4x slower again); the WGAN-GP toy code's 2-D noise is kept.
-# Also measured (seeds 0 and 1, 3000 iterations): 3 x 512 MLPs, lr 5e-5, m = 256 end with W1
-# 0.18 / 0.22 and 7 / 1 modes (3-8 / 0-2 over the last 5 evaluations), no better and ~6x slower;
-# 3 x 256 with m = 256 (lr 5e-5 or 1e-4) covered 1-2 modes after 2000 iterations.
-TOY_DEFAULTS = {"lr": 1e-4, "iterations": 10000, "hidden": 128, "encoding_dims": 2, "log_every": 500}
-# Images: the paper's lr and MLP width, DCGAN's 100-D noise.
-IMAGE_DEFAULTS = {"lr": WF.PAPER_LR, "iterations": 2000, "hidden": 512, "encoding_dims": 100, "log_every": 200,
-                  "image_size": 32}
-# scikit-learn's 8x8 digits: MLPs of 3 x 256 (tanh output), the paper's lr and m. Measured (seed 0,
-# 2 shared cores, digit FD against a floor of 1.8): the previous 3 x 512 for 2000 iterations ends in
-# saturated blocks; 3 x 256 reaches FD 13 with 8 of 10 classes by 3000 iterations and then drifts
-# back up (FD 20 at 4000) as pixels saturate; without tanh the FD stalls near 70 (lr 5e-5 or 1e-4).
-# Seeds 0-4: benchmarks/QUALITY.md.
-DIGITS_DEFAULTS = {**IMAGE_DEFAULTS, "hidden": 256, "iterations": 3000, "log_every": 250}
+# Defaults for the 2-D toys: Algorithm 1 (RMSProp, c = 0.01, n_critic = 5, clip after every critic
+# update) with a batch, widths and learning rate chosen so that the default run covers all 8
+# gaussians in a few minutes on two CPU cores (issue 19; benchmarks/QUALITY.md). Measured with a
+# plain loop of the same algorithm, networks and scores (benchmarks/preset_sweep.py; 2 shared
+# cores; modes covered at the end for seeds 0-4 unless stated):
+#   the previous default, 3 x 128 MLPs, m = 64, constant lr 1e-4, 10000 iterations: 3-5 modes;
+#   m = 64, lr 2e-4 decaying to 0 (cosine), 8000: 8, 6, 7, 8, 4;
+#   m = 256, lr 2e-4 decaying linearly to 0, 8000: 8, 8, 8, 7, 8 (the weakest mode often just at
+#     the threshold); lr 3e-4 for 6000 or 8000 iterations: 8, 8, 7, 8, 7 / 8, 8, 7, 8, 8;
+#   the same with a 3 x 256 generator (critic 3 x 128), lr 2e-4, 8000: every mode held with a
+#     wide margin (34 or more of 512 points within 3 std of each, 16 needed; seeds 0, 2, 3, 4)
+#     -- the default; through wgan-ext train itself (other draws) 8, 8, 8, 7, 7;
+#     with lr 3e-4 the run reaches the floor early, and Spearman(critic estimate, W1) drops to
+#     0.68-0.89 as both curves flatten into noise (a 3 x 256 critic too: 0.69, and 2x slower).
+#   Constant lr leaves the generator chasing the critic's last moves (modes come and go between
+#   evaluations); the linear decay (the WGAN-GP code's) lets it settle. 2-D noise (the WGAN-GP toy
+#   code's) is kept: 8-D noise covered no mode; a 3 x 512 critic, batch norm in the generator,
+#   or a faster generator (lr 3e-4 against the critic's 1e-4) did worse.
+TOY_DEFAULTS = {"lr": 2e-4, "lr_decay": "linear", "batch_size": 256, "batchnorm": False, "iterations": 8000,
+                "hidden": 128, "generator_hidden": 256, "encoding_dims": 2, "log_every": 400}
+# Images: the paper's Algorithm 1 as it is (lr 5e-5 constant, m = 64), its MLP width, DCGAN's
+# 100-D noise.
+IMAGE_DEFAULTS = {"lr": WF.PAPER_LR, "lr_decay": "none", "batch_size": WF.PAPER_BATCH_SIZE, "batchnorm": False,
+                  "iterations": 2000, "hidden": 512, "encoding_dims": 100, "log_every": 200, "image_size": 32}
+# scikit-learn's 8x8 digits: 3 x 256 MLPs, tanh output, batch norm in the generator (as DCGAN's
+# generator has), constant lr 2e-4, m = 64, 3000 iterations. Measured with preset_sweep.py (seeds 0-4,
+# digit FD against floors of 1.2-3.7, classes covered of 10, Spearman(critic estimate, FD)):
+#   no batch norm, lr 5e-5 (the previous preset): FD 14-31, 5-8 classes; longer runs drift back up
+#     as the pixels saturate; lr 1e-4 with or without decay, or m = 256: no better;
+#   batch norm, lr 5e-5: FD 6-14, 7-10 classes, still improving at 3000; 5000 iterations reach all
+#     10 but the critic's estimate then stops tracking FD (Spearman -0.07 and 0.43);
+#   batch norm, lr 1e-4: FD 3.9-8.0, 9-10 classes, Spearman 0.64-0.97 (the estimate rises for a
+#     while as the clipped weights saturate, mid-run);
+#   batch norm, lr 2e-4: FD 3.0-5.3, 9-10 classes, Spearman 0.90-0.99 -- the preset; m = 128 was as
+#     good on seed 0 and worse on seed 1 (0.58), the paper's 100 critic updates at first worse.
+DIGITS_DEFAULTS = {**IMAGE_DEFAULTS, "lr": 2e-4, "batchnorm": True, "hidden": 256, "iterations": 3000, "log_every": 250}
 GP_LR = 1e-4  # Gulrajani et al. 2017 (Adam)
 ADAM_BETAS = (0.5, 0.9)  # Gulrajani et al. 2017
 # Tiny MLP tensors gain nothing from intra-op threads, and on a busy machine the OpenMP
@@ -75,8 +91,9 @@ class TrainConfig:
     n_critic: int = WF.PAPER_N_CRITIC
     schedule: str = "constant"
     lr: Optional[float] = None
+    lr_decay: Optional[str] = None  # "linear": lr falls to 0 at the last generator iteration
     optimizer: Optional[str] = None
-    batch_size: int = WF.PAPER_BATCH_SIZE
+    batch_size: Optional[int] = None
     iterations: Optional[int] = None
     epochs: Optional[float] = None
     log_every: Optional[int] = None
@@ -85,7 +102,9 @@ class TrainConfig:
     out: Optional[str] = None
     arch: Optional[str] = None
     hidden: Optional[int] = None
+    generator_hidden: Optional[int] = None  # the MLP generator's width when it differs from the critic's
     n_hidden: int = 3
+    batchnorm: Optional[bool] = None  # batch norm in the MLP generator (None for DCGAN: its own)
     encoding_dims: Optional[int] = None
     gp_lambda: float = WF.GP_LAMBDA
     eval_samples: int = 512
@@ -156,8 +175,13 @@ def resolve_config(cfg: TrainConfig, source: Optional[D.DataSource] = None) -> T
            "--optimizer clipped-rmsprop clips the critic's weights: give --c, or use --optimizer rmsprop")
     if c.lr is None:
         c.lr = GP_LR if c.loss == "gp" else defaults["lr"]
+    if c.lr_decay is None:
+        c.lr_decay = "none" if c.loss == "gp" else defaults["lr_decay"]
+    _check(c.lr_decay in LR_DECAYS, f"unknown lr decay {c.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
     _check(math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}")
     _check(c.n_critic >= 1, f"n_critic must be >= 1, got {c.n_critic}")
+    if c.batch_size is None:
+        c.batch_size = defaults["batch_size"]
     _check(c.batch_size >= 1, f"batch size must be >= 1, got {c.batch_size}")
     _check(_is_int(c.world_size) and c.world_size >= 1, f"world size must be >= 1, got {c.world_size}")
     _check(c.batch_size % c.world_size == 0,
@@ -175,9 +199,19 @@ def resolve_config(cfg: TrainConfig, source: Optional[D.DataSource] = None) -> T
     if c.arch is None:
         c.arch = "mlp" if toy or c.dataset == "digits" else "dcgan"
     _check(c.arch in ARCHS, f"unknown architecture {c.arch!r}; choose one of {', '.join(ARCHS)}")
+    if c.arch == "mlp" and c.batchnorm is None:
+        c.batchnorm = defaults["batchnorm"]
+    _check(c.arch == "mlp" or c.batchnorm is None,
+           "--batchnorm / --no-batchnorm choose the MLP generator's; DCGAN's networks have their own batch norm")
     if c.hidden is None:
         c.hidden = defaults["hidden"]
     _check(c.hidden >= 1, f"hidden must be >= 1, got {c.hidden}")
+    if c.arch == "mlp" and c.generator_hidden is None:
+        c.generator_hidden = defaults.get("generator_hidden") or c.hidden
+    _check(c.arch == "mlp" or c.generator_hidden is None,
+           "--generator-hidden sets the MLP generator's width; DCGAN's networks have their own")
+    _check(c.generator_hidden is None or c.generator_hidden >= 1,
+           f"generator hidden must be >= 1, got {c.generator_hidden}")
     if c.encoding_dims is None:
         c.encoding_dims = defaults["encoding_dims"]
     _check(c.encoding_dims >= 1, f"encoding dims must be >= 1, got {c.encoding_dims}")

@@ -85,6 +85,8 @@ def estimate_memory(cfg: TrainConfig, source: D.DataSource) -> Dict[str, Tuple[i
     n = cfg.eval_samples
     evaluation = 4 * n * (cfg.encoding_dims + 3 * sample) + 4 * min(n, 1024) * a_g + 8 * n * n
     net_flags = f"--hidden {cfg.hidden}, --encoding-dims {cfg.encoding_dims}"
+    if cfg.generator_hidden not in (None, cfg.hidden):
+        net_flags = f"--hidden {cfg.hidden}, --generator-hidden {cfg.generator_hidden}, --encoding-dims {cfg.encoding_dims}"
     if cfg.arch == "dcgan":
         net_flags = f"--image-size {source.shape[-1]}, --encoding-dims {cfg.encoding_dims}"
     return {

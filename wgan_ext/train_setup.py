@@ -16,7 +16,17 @@ import torch
 from . import data as D
 from .train_config import ADAM_BETAS, TrainConfig
 
-__all__ = ["optimizer_specs", "build_network", "build_losses", "build_trainer", "TrainerHooks"]
+__all__ = ["optimizer_specs", "lr_factor", "build_network", "build_losses", "build_trainer", "TrainerHooks"]
+
+
+def lr_factor(decay: str, done: int, iterations: int) -> float:
+    """The fraction of ``--lr`` for generator iteration ``done + 1`` (and the critic updates
+    before it) of a run of ``iterations``: 1 for ``"none"``; ``1 - done / iterations`` for
+    ``"linear"`` (the WGAN-GP code's decay, so the generator settles instead of chasing the
+    critic's last moves). A function of the counts alone, so a resumed run continues exactly."""
+    if decay == "none":
+        return 1.0
+    return max(0.0, 1.0 - done / iterations)
 
 
 def optimizer_specs(cfg: TrainConfig) -> Dict[str, Dict[str, Any]]:
@@ -44,7 +54,8 @@ def build_network(cfg: TrainConfig, source: D.DataSource) -> Dict[str, Dict[str,
     if cfg.arch == "mlp":
         network = wgan_network(
             "mlp", sample_shape=source.shape, encoding_dims=cfg.encoding_dims, hidden=cfg.hidden,
-            n_hidden=cfg.n_hidden, tanh=source.kind == "images",
+            n_hidden=cfg.n_hidden, generator_hidden=cfg.generator_hidden, tanh=source.kind == "images",
+            batchnorm=cfg.batchnorm,
         )
     else:
         network = wgan_network(
