@@ -56,10 +56,13 @@ def _span(values: List[float], spec: str) -> str:
 def _table(dataset: str, runs: List[Dict[str, Any]]) -> str:
     cfg = runs[0]["config"]
     lines = [f"### `wgan-ext train{'' if dataset == '8gaussians' else ' --dataset ' + dataset}`", "",
-             f"Settings: weight clipping c = {cfg['c']}, n_critic = {cfg['n_critic']}, RMSProp lr = {cfg['lr']}, "
-             f"batch m = {cfg['batch_size']}, {cfg['iterations']} generator iterations, MLPs {cfg['n_hidden']} x "
-             f"{cfg['hidden']} ReLU, noise dim {cfg['encoding_dims']}; scored every {cfg['log_every']} generator "
-             f"iterations on {cfg['eval_samples']} fixed samples; {cfg['threads']} torch thread(s).", ""]
+             f"Settings: weight clipping c = {cfg['c']}, n_critic = {cfg['n_critic']}, RMSProp lr = {cfg['lr']}"
+             f"{' decaying linearly to 0' if cfg.get('lr_decay') == 'linear' else ''}, "
+             f"batch m = {cfg['batch_size']}, {cfg['iterations']} generator iterations, ReLU MLPs: critic {cfg['n_hidden']} x "
+             f"{cfg['hidden']}, generator {cfg['n_hidden']} x {cfg.get('generator_hidden') or cfg['hidden']}"
+             f"{' with batch norm' if cfg.get('batchnorm') else ''}, noise dim {cfg['encoding_dims']}; scored every "
+             f"{cfg['log_every']} generator iterations on {cfg['eval_samples']} fixed samples; {cfg['threads']} torch "
+             "thread(s).", ""]
     if dataset == "digits":
         head = ("| seed | final digit FD | FD, mean of last 5 | FD floor (real vs real) | classes covered (of 10) | "
                 "classes, last 5 | confident | Spearman(critic est., FD) | exact W1 (pixels) | wall time (s) |")

@@ -429,7 +429,7 @@ def test_epochs_convert_to_generator_iterations() -> None:
 
 @pytest.mark.slow
 def test_default_run_covers_every_mode(tmp_path) -> None:
-    """The default run (8 gaussians, seed 0; a few minutes on 2 CPU cores) ends with all 8 modes
+    """The default run (8 gaussians, seed 0; about 5 minutes on 2 CPU cores) ends with all 8 modes
     covered, and the critic's estimate ranks its checkpoints as exact W1 does (issue 19's goals,
     met by seeds 0-4 in benchmarks/QUALITY.md, whose margins -- every mode well above its
     threshold -- leave room for another machine's trajectory)."""

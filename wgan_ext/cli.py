@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a WGAN through a torchgan Trainer with wgan-ext's losses. With no arguments: "
             f"Algorithm 1 of the WGAN paper (RMSProp, c={PAPER_C:g}, n_critic={cfg.n_critic}, batch "
-            f"{toy['batch_size']}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}. "
+            f"{toy['batch_size']}) on {cfg.dataset}, {toy['iterations']} generator iterations, lr {_num(toy['lr'])}"
+            f"{' falling linearly to 0' if toy['lr_decay'] == 'linear' else ''}. "
             "Writes a run folder with samples, curves.png, metrics.csv, summary.json, config.json, "
             "checkpoint.pt (and TensorBoard events if tensorboard is installed). Iterations are generator "
             "iterations; each torchgan epoch is one logging period of --log-every of them, and the toys "
@@ -147,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same as --schedule paper")
     a.add_argument("--lr", type=_float, default=S,
                    help=f"learning rate. {'D' + per_data('lr')[1:]} (the paper's), {_num(GP_LR)} for gp (Adam). "
-                        f"Why not {_num(img['lr'])} on the toys: on 8 gaussians it needs about 3x the iterations to "
-                        "reach the same exact W1 (measured), too slow for a first run; the rest of Algorithm 1 "
-                        "(RMSProp, c, n_critic, m) is unchanged")
+                        f"Why not {_num(img['lr'])} on the toys and digits: the presets were chosen to learn what "
+                        "you can see within minutes (every mode, every digit; benchmarks/QUALITY.md); the rest of "
+                        "Algorithm 1 (RMSProp, c, n_critic, clipping after every critic update) is unchanged")
     a.add_argument("--lr-decay", choices=LR_DECAYS, default=S,
                    help=f"none: the paper's constant lr; linear: lr falls linearly to 0 at the last generator "
                         f"iteration (a resumed run given more --iterations follows the longer ramp from where it "

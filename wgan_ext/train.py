@@ -72,8 +72,8 @@ CONFIG_NAME = "config.json"
 # Settings that change what is trained; a resumed run must keep them.
 _FIXED_ON_RESUME = (
     "dataset", "data_dir", "image_size", "channels", "loss", "c", "n_critic", "schedule", "lr", "lr_decay",
-    "optimizer", "batch_size", "seed", "arch", "hidden", "generator_hidden", "n_hidden", "batchnorm", "encoding_dims", "gp_lambda",
-    "eval_samples", "log_every", "fsdp",
+    "optimizer", "batch_size", "seed", "arch", "hidden", "generator_hidden", "n_hidden", "batchnorm",
+    "encoding_dims", "gp_lambda", "eval_samples", "log_every", "fsdp",
 )
 # Settings a resumed run may change.
 _CHANGEABLE_ON_RESUME = ("iterations", "epochs", "device", "threads", "inception_weights")
