@@ -113,6 +113,9 @@ def _fsdp_worker(rank: int, tmp: str, clip_kind: str) -> None:
         refused = str(e)
     if rank == 0:
         torch.save({"params": full, "refused": refused}, os.path.join(tmp, "fsdp.pt"))
+    # both ranks done with every collective before the group goes: a rank that tore it down
+    # early once aborted in CI ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 

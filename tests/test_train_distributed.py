@@ -123,7 +123,7 @@ def test_torchrun_main_job_writes_one_run_folder_from_rank_0(tmp_path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert (summary["world_size"], summary["generator_iterations"], summary["critic_iterations"]) == (2, 20, 100)
-    assert (config["world_size"], config["fsdp"], config["batch_size"]) == (2, False, 64)
+    assert (config["world_size"], config["fsdp"], config["batch_size"]) == (2, False, T.TOY_DEFAULTS["batch_size"])
     ck = read_checkpoint(run)
     assert _critic_max(ck) <= C and _critic_max(ck) == pytest.approx(C)  # clipped, and the clip was active
     # one entry per rank; rank 1 draws its noise from a stream of its own
@@ -141,9 +141,10 @@ def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path)
     require_fsdp2()
     work = tmp_path / "work"
     work.mkdir()
-    full = _torchrun(tmp_path, work, *TINY, "--fsdp", "--iterations", "20", "--out", "full")
+    # a constant lr: with --lr-decay linear a run of 10 extended to 20 follows another ramp
+    full = _torchrun(tmp_path, work, *TINY, "--fsdp", "--lr-decay", "none", "--iterations", "20", "--out", "full")
     assert full.returncode == 0, full.stderr[-3000:]
-    cut = _torchrun(tmp_path, work, *TINY, "--fsdp", "--iterations", "10", "--out", "cut")
+    cut = _torchrun(tmp_path, work, *TINY, "--fsdp", "--lr-decay", "none", "--iterations", "10", "--out", "cut")
     assert cut.returncode == 0, cut.stderr[-3000:]
     resumed = _nproc(tmp_path, work, "--resume", "cut", "--iterations", "20", "--no-progress", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
