@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 
@@ -69,6 +70,9 @@ def _ddp_worker(rank: int, tmp: str) -> None:
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save({"params": gathered}, os.path.join(tmp, "ddp.pt"))
+    dist.barrier()  # no rank tears the group down while the other still uses it
+    del model, opt  # DDP holds the group; destroying it under a live DDP can abort the process
+    gc.collect()    # ("terminate called without an active exception"; see wgan_ext.train_distributed)
     dist.destroy_process_group()
 
 
