@@ -53,6 +53,31 @@ def _span(values: List[float], spec: str) -> str:
     return format(lo, spec) if format(lo, spec) == format(hi, spec) else f"{format(lo, spec)}-{format(hi, spec)}"
 
 
+# Each preset's columns between "seed" and "wall time (s)": (header, cell from a run's summary s,
+# its final evaluation f and its last-5-evaluations block last).
+_COLUMNS = {
+    "digits": [
+        ("final digit FD", lambda s, f, last: _f(f["fd"], ".2f")),
+        ("FD, mean of last 5", lambda s, f, last: _f(last["fd_mean"], ".2f")),
+        ("FD floor (real vs real)", lambda s, f, last: _f(s["fd_floor"], ".2f")),
+        ("classes covered (of 10)", lambda s, f, last: f"{f['classes']}"),
+        ("classes, last 5", lambda s, f, last: f"{last['classes_min']:.0f}-{last['classes_max']:.0f}"),
+        ("confident", lambda s, f, last: f"{100 * f['confident']:.0f}%"),
+        ("Spearman(critic est., FD)", lambda s, f, last: _f(s["spearman_critic_fd"], ".2f")),
+        ("exact W1 (pixels)", lambda s, f, last: _f(f["w1"], ".2f")),
+    ],
+    "8gaussians": [
+        ("final exact W1", lambda s, f, last: f"{f['w1']:.4f}"),
+        ("W1, mean of last 5", lambda s, f, last: f"{last['w1_mean']:.4f}"),
+        ("W1 floor", lambda s, f, last: f"{s['w1_floor']:.4f}"),
+        ("modes covered (of 8)", lambda s, f, last: f"{f['modes']}"),
+        ("modes, last 5", lambda s, f, last: f"{last['modes_min']:.0f}-{last['modes_max']:.0f}"),
+        ("within 3 std, mean of last 5", lambda s, f, last: f"{100 * last['high_quality_mean']:.0f}%"),
+        ("Spearman(critic est., W1)", lambda s, f, last: _f(s["spearman_critic_w1"], ".2f")),
+    ],
+}
+
+
 def _table(dataset: str, runs: List[Dict[str, Any]]) -> str:
     cfg = runs[0]["config"]
     lines = [f"### `wgan-ext train{'' if dataset == '8gaussians' else ' --dataset ' + dataset}`", "",
@@ -63,39 +88,29 @@ def _table(dataset: str, runs: List[Dict[str, Any]]) -> str:
              f"{' with batch norm' if cfg.get('batchnorm') else ''}, noise dim {cfg['encoding_dims']}; scored every "
              f"{cfg['log_every']} generator iterations on {cfg['eval_samples']} fixed samples; {cfg['threads']} torch "
              "thread(s).", ""]
+    columns = _COLUMNS[dataset]
+    heads = ["seed"] + [head for head, _ in columns] + ["wall time (s)"]
+    lines += ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
+    for r in runs:
+        s = r["summary"]
+        cells = [cell(s, s["final"], s["last_evaluations"]) for _, cell in columns]
+        lines.append("| " + " | ".join([str(r["seed"]), *cells, f"{s['wall_time_s']:.0f}"]) + " |")
+
+    def span(get: Any, spec: str) -> str:  # the range of get(summary) over the runs
+        return _span([get(r["summary"]) for r in runs], spec)
+
     if dataset == "digits":
-        head = ("| seed | final digit FD | FD, mean of last 5 | FD floor (real vs real) | classes covered (of 10) | "
-                "classes, last 5 | confident | Spearman(critic est., FD) | exact W1 (pixels) | wall time (s) |")
-        lines += [head, "|---" * (head.count("|") - 1) + "|"]
-        for r in runs:
-            s, f, last = r["summary"], r["summary"]["final"], r["summary"]["last_evaluations"]
-            lines.append(f"| {r['seed']} | {_f(f['fd'], '.2f')} | {_f(last['fd_mean'], '.2f')} | {_f(s['fd_floor'], '.2f')} | "
-                         f"{f['classes']} | {last['classes_min']:.0f}-{last['classes_max']:.0f} | "
-                         f"{100 * f['confident']:.0f}% | {_f(s['spearman_critic_fd'], '.2f')} | {_f(f['w1'], '.2f')} | "
-                         f"{s['wall_time_s']:.0f} |")
-        col = lambda k: [r["summary"]["final"][k] for r in runs]  # noqa: E731
-        lines += ["", f"Range over {len(runs)} seeds: final digit FD {_span(col('fd'), '.1f')} "
-                  f"(floor {_span([r['summary']['fd_floor'] for r in runs], '.2f')}), classes covered "
-                  f"{_span(col('classes'), '.0f')} (last 5 evaluations: "
-                  f"{_span([r['summary']['last_evaluations']['classes_min'] for r in runs], '.0f')} at the fewest), "
-                  f"confident {_span([100 * v for v in col('confident')], '.0f')}%, Spearman(critic est., FD) "
-                  f"{_span([r['summary']['spearman_critic_fd'] for r in runs], '.2f')}, wall time "
-                  f"{_span([r['summary']['wall_time_s'] for r in runs], '.0f')} s."]
+        summary = (f"final digit FD {span(lambda s: s['final']['fd'], '.1f')} (floor "
+                   f"{span(lambda s: s['fd_floor'], '.2f')}), classes covered {span(lambda s: s['final']['classes'], '.0f')} "
+                   f"(last 5 evaluations: {span(lambda s: s['last_evaluations']['classes_min'], '.0f')} at the fewest), "
+                   f"confident {span(lambda s: 100 * s['final']['confident'], '.0f')}%, Spearman(critic est., FD) "
+                   f"{span(lambda s: s['spearman_critic_fd'], '.2f')}")
     else:
-        head = ("| seed | final exact W1 | W1, mean of last 5 | W1 floor | modes covered (of 8) | modes, last 5 | "
-                "within 3 std, mean of last 5 | Spearman(critic est., W1) | wall time (s) |")
-        lines += [head, "|---" * (head.count("|") - 1) + "|"]
-        for r in runs:
-            s, f, last = r["summary"], r["summary"]["final"], r["summary"]["last_evaluations"]
-            lines.append(f"| {r['seed']} | {f['w1']:.4f} | {last['w1_mean']:.4f} | {s['w1_floor']:.4f} | {f['modes']} | "
-                         f"{last['modes_min']:.0f}-{last['modes_max']:.0f} | {100 * last['high_quality_mean']:.0f}% | "
-                         f"{_f(s['spearman_critic_w1'], '.2f')} | {s['wall_time_s']:.0f} |")
-        col = lambda k: [r["summary"]["final"][k] for r in runs]  # noqa: E731
-        lines += ["", f"Range over {len(runs)} seeds: final exact W1 {_span(col('w1'), '.3f')}, modes covered "
-                  f"{_span(col('modes'), '.0f')} (last 5 evaluations: "
-                  f"{_span([r['summary']['last_evaluations']['modes_min'] for r in runs], '.0f')} at the fewest), "
-                  f"Spearman(critic est., W1) {_span([r['summary']['spearman_critic_w1'] for r in runs], '.2f')}, "
-                  f"wall time {_span([r['summary']['wall_time_s'] for r in runs], '.0f')} s."]
+        summary = (f"final exact W1 {span(lambda s: s['final']['w1'], '.3f')}, modes covered "
+                   f"{span(lambda s: s['final']['modes'], '.0f')} (last 5 evaluations: "
+                   f"{span(lambda s: s['last_evaluations']['modes_min'], '.0f')} at the fewest), "
+                   f"Spearman(critic est., W1) {span(lambda s: s['spearman_critic_w1'], '.2f')}")
+    lines += ["", f"Range over {len(runs)} seeds: {summary}, wall time {span(lambda s: s['wall_time_s'], '.0f')} s."]
     return "\n".join(lines)
 
 
