@@ -1,5 +1,6 @@
-"""One run of Algorithm 1 as a plain loop, for choosing presets quickly: the networks, data,
-evaluation and scores of ``wgan-ext train`` without torchgan, plots or checkpoints. The notes on ``TOY_DEFAULTS`` and ``DIGITS_DEFAULTS`` in
+"""One run of Algorithm 1 as a plain loop (:func:`wgan_ext.reference.algorithm1`), for choosing
+presets quickly: the networks, data, lr decay, evaluation and scores of ``wgan-ext train`` without
+torchgan, plots or checkpoints. The notes on ``TOY_DEFAULTS`` and ``DIGITS_DEFAULTS`` in
 ``wgan_ext/train_config.py`` were measured with it; a chosen preset is then measured through
 ``wgan-ext train`` itself by ``quality_presets.py``.
 
@@ -30,6 +31,8 @@ from wgan_ext import data as D  # noqa: E402
 from wgan_ext import metrics as M  # noqa: E402
 from wgan_ext.networks import MLPCritic, MLPGenerator  # noqa: E402
 from wgan_ext.optim import ClippedRMSprop  # noqa: E402
+from wgan_ext.reference import algorithm1  # noqa: E402
+from wgan_ext.train_setup import lr_factor  # noqa: E402
 from wgan_ext.train_eval import Evaluator  # noqa: E402
 
 
@@ -57,29 +60,23 @@ def main() -> None:
     C = MLPCritic(src.shape, a.ch, 3)
     opt_g = torch.optim.RMSprop(G.parameters(), lr=a.lr)
     opt_c = ClippedRMSprop(C.parameters(), lr=a.lr, clip=0.01)  # RMSProp, then clip to [-0.01, 0.01]
-    batches = iter(D.BatchStream(src, a.m, a.seed))
+    stream = D.BatchStream(src, a.m, a.seed)
     ev = Evaluator(src, 512, a.seed, a.z, torch.device("cpu"))
-    rows, estimates, t0 = [], [], time.time()
-    for g in range(a.its):
-        for opt in (opt_g, opt_c):  # as wgan-ext train --lr-decay: lr * (1 - g / its) for iteration g + 1
-            opt.param_groups[0]["lr"] = a.lr * (1 - g / a.its if a.decay == "linear" else 1)
-        for _ in range(5):  # n_critic
-            x = next(batches)
-            with torch.no_grad():
-                fake = G(torch.randn(len(x), a.z))
-            opt_c.zero_grad()
-            loss = C(fake).mean() - C(x).mean()
-            loss.backward()
-            opt_c.step()
-            estimates.append(-loss.item())
-        opt_g.zero_grad()
-        (-C(G(torch.randn(a.m, a.z))).mean()).backward()
-        opt_g.step()
+    rows, seen, t0 = [], [0], time.time()
+
+    def after(g: int, res) -> None:  # after generator iteration g + 1: its lr, and a score every --every
+        for opt in (opt_g, opt_c):
+            opt.param_groups[0]["lr"] = a.lr * lr_factor(a.decay, g + 1, a.its)
         if (g + 1) % a.every == 0:
+            estimates = res.wasserstein[seen[0]:]
+            seen[0] = len(res.wasserstein)
             row, _ = ev(G, C)
             row.update(gen_iter=g + 1, critic_w=sum(estimates) / len(estimates))
             rows.append(row)
-            estimates = []
+
+    # c=None: the critic's optimizer clips (ClippedRMSprop), as the job's default does
+    algorithm1(G, C, lambda: stream.take(1)[0], lambda m: torch.randn(m, a.z), n_gen_iters=a.its, n_critic=5,
+               c=None, batch_size=a.m, optimizer_generator=opt_g, optimizer_critic=opt_c, callback=after)
     key, cover = ("w1", "modes") if toy else ("fd", "classes")
     rho = M.spearman([r["critic_w"] for r in rows], [r[key] for r in rows])
     last = [int(r[cover]) for r in rows[-5:]]

@@ -91,6 +91,7 @@ def run_reference(seed: int, iterations: int, replay: bool = False) -> Dict[str,
     the one RNG draw torchgan's logger makes at start-up, so the noise stream is ours."""
     from wgan_ext.networks import MLPCritic, MLPGenerator
     from wgan_ext.reference import algorithm1
+    from wgan_ext.train_setup import lr_factor
 
     source = D.make_source("8gaussians")
     cfg = T.resolve_config(T.TrainConfig(seed=seed, iterations=iterations), source)
@@ -125,7 +126,7 @@ def run_reference(seed: int, iterations: int, replay: bool = False) -> Dict[str,
 
         def evaluate(g: int, res) -> None:
             for opt in (res.optimizer_generator, res.optimizer_critic):  # --lr-decay, as wgan-ext train sets it
-                opt.param_groups[0]["lr"] = cfg.lr * (1 - (g + 1) / cfg.iterations if cfg.lr_decay == "linear" else 1)
+                opt.param_groups[0]["lr"] = cfg.lr * lr_factor(cfg.lr_decay, g + 1, cfg.iterations)
             if (g + 1) % cfg.log_every and g + 1 != cfg.iterations:
                 return
             score(g + 1, res.wasserstein[seen[0]:])
