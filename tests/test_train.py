@@ -258,6 +258,18 @@ def test_image_folder_run_with_dcgan(tmp_path, capsys, monkeypatch) -> None:
         assert im.size == (8 * 34 + 2, 2 * 34 + 2)
 
 
+def test_building_the_digit_scorer_draws_nothing_from_the_training_rng(tmp_path, monkeypatch) -> None:
+    """A digits run trains the same whether or not this process built the digit classifier
+    before (its initialisation used to draw from the training RNG the first time only)."""
+    from wgan_ext import digits_classifier
+
+    kw = dict(dataset="digits", iterations=2, log_every=2, batch_size=16)
+    monkeypatch.setattr(digits_classifier, "_cached", None)
+    first = T.run(_cfg(tmp_path, "first", **kw), progress=False, quiet=True)
+    again = T.run(_cfg(tmp_path, "again", **kw), progress=False, quiet=True)
+    same(read_checkpoint(first.out)["models"], read_checkpoint(again.out)["models"], "models")
+
+
 # ----------------------------------------------------------------------------- interrupt and resume
 
 

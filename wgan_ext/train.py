@@ -255,8 +255,12 @@ class _Run:
         self.evaluator: Optional[Evaluator] = None
         self.reporter: Optional[Reporter] = None
         if world.writer:
-            self.evaluator = Evaluator(source, cfg.eval_samples, cfg.seed, cfg.encoding_dims, self.device,
-                                       inception_weights=cfg.inception_weights)
+            # Building the scorers creates networks (the digit classifier, Inception), whose
+            # initialisation would draw from the training RNG -- on rank 0 only, and only when the
+            # process had not built them before.
+            with torch.random.fork_rng(devices=[]):
+                self.evaluator = Evaluator(source, cfg.eval_samples, cfg.seed, cfg.encoding_dims, self.device,
+                                           inception_weights=cfg.inception_weights)
             self.reporter = Reporter(cfg, out, self.evaluator, progress=progress, quiet=quiet)
         self.history: List[Dict[str, Any]] = []
         self.stats = PeriodStats()
