@@ -29,13 +29,16 @@ def _train(tmp_path, *extra, name="run"):
 
 
 def test_train_tiny_run_and_report(tmp_path, capsys) -> None:
-    rc = _train(tmp_path, "--iterations", "6", "--log-every", "2", "--lr", "1e-4", "--c", "0.02", "--seed", "3")
+    rc = _train(tmp_path, "--iterations", "6", "--log-every", "2", "--score-every", "1", "--lr", "1e-4", "--c", "0.02",
+                "--seed", "3")
     assert rc == 0
     out = capsys.readouterr().out
     assert "done: 6 generator iterations (30 critic updates)" in out
     assert "exact W1" in out and "modes covered" in out
     summary = json.load(open(tmp_path / "run" / "summary.json"))
-    assert f"Spearman(critic estimate, exact W1) over the run: {summary['spearman_critic_w1']:.2f}" in out
+    rho, snap = summary["spearman_critic_w1"], summary["spearman_critic_w1_at_evaluations"]
+    assert f"Spearman(critic estimate, exact W1) over the run: {rho:.2f} (period means)" in out
+    assert (f"; {snap:.2f} with exact W1 at the evaluations alone" in out) == (snap != rho)
     # the last evaluations (3 here, iteration 0 left out), recomputed from metrics.csv
     import csv
 
@@ -48,7 +51,7 @@ def test_train_tiny_run_and_report(tmp_path, capsys) -> None:
     assert f"over the last 3 evaluations: exact W1 {w1:.4f} on average, {min(modes)}-{max(modes)} modes, " \
            f"{100 * hq:.0f}% within 3 std on average" in out
     cfg = json.load(open(tmp_path / "run" / "config.json"))
-    assert (cfg["lr"], cfg["c"], cfg["seed"], cfg["iterations"]) == (1e-4, 0.02, 3, 6)
+    assert (cfg["lr"], cfg["c"], cfg["seed"], cfg["iterations"], cfg["score_every"]) == (1e-4, 0.02, 3, 6, 1)
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert max(v.abs().max().item() for v in ck["models"]["discriminator"].values()) <= 0.02
 

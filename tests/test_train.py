@@ -270,22 +270,57 @@ def test_building_the_digit_scorer_draws_nothing_from_the_training_rng(tmp_path,
     same(read_checkpoint(first.out)["models"], read_checkpoint(again.out)["models"], "models")
 
 
+@pytest.mark.parametrize("dataset", ["8gaussians", "digits"])
+def test_period_scores_are_the_means_of_the_scores_taken_in_the_period(tmp_path, monkeypatch, dataset) -> None:
+    """With --score-every 2 and --log-every 4, a row's ``w1_period`` (``fd_period``) is the mean of
+    the scores of generator iterations 2 and 4 of its period: those a run evaluating every 2
+    iterations logs (scoring never touches training: both runs end with the same weights, also
+    when only the first builds the digit classifier). The summary's Spearman takes the critic's
+    period-mean estimate against them."""
+    from wgan_ext import digits_classifier
+    from wgan_ext import metrics as M
+
+    monkeypatch.setattr(digits_classifier, "_cached", None)  # built (its init drawn) in the first run only
+    kw = dict(dataset=dataset, iterations=12, batch_size=16)
+    probed = T.run(_cfg(tmp_path, "probed", log_every=4, score_every=2, **kw), progress=False, quiet=True)
+    every = T.run(_cfg(tmp_path, "every", log_every=2, **kw), progress=False, quiet=True)
+    same(read_checkpoint(probed.out)["models"], read_checkpoint(every.out)["models"], "models")
+    rows, fine = _rows(probed.out), {r["gen_iter"]: r for r in _rows(every.out)}
+    keys = ["w1"] + (["fd"] if dataset == "digits" else [])
+    for key in keys:
+        assert float(rows[0][f"{key}_period"]) == float(rows[0][key])  # iteration 0: itself
+        for r in rows[1:]:
+            g = int(r["gen_iter"])
+            want = (float(fine[str(g - 2)][key]) + float(fine[str(g)][key])) / 2
+            assert float(r[f"{key}_period"]) == pytest.approx(want, rel=1e-12)
+            assert float(r[key]) == float(fine[str(g)][key])  # the evaluation's own score is unchanged
+    critic = [float(r["critic_w"] or "nan") for r in rows]
+    for key in keys:
+        period = [float(r[f"{key}_period"]) for r in rows]
+        assert probed.summary[f"spearman_critic_{key}"] == pytest.approx(M.spearman(critic, period))
+        assert probed.summary[f"spearman_critic_{key}_at_evaluations"] == pytest.approx(
+            M.spearman(critic, [float(r[key]) for r in rows]))
+
+
 # ----------------------------------------------------------------------------- interrupt and resume
 
 
 @pytest.mark.parametrize("stop_at", [73, pytest.param(51, marks=pytest.mark.slow)])  # mid-period, and on the
 # batch that ends a period
 def test_ctrl_c_then_resume_is_bit_identical(tmp_path, stop_at) -> None:
-    full = T.run(_cfg(tmp_path, "full"), progress=False, quiet=True)
+    """Also the period's scores so far (--score-every 3: at 73 batches, generator iteration 14, the
+    checkpoint holds the score of iteration 12)."""
+    full = T.run(_cfg(tmp_path, "full", score_every=3), progress=False, quiet=True)
 
     def ctrl_c(run) -> None:
         if run.stream.position == stop_at:
             os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the run's handler
 
-    cut = T.run(_cfg(tmp_path, "cut"), progress=False, quiet=True, on_batch=ctrl_c)
+    cut = T.run(_cfg(tmp_path, "cut", score_every=3), progress=False, quiet=True, on_batch=ctrl_c)
     assert cut.interrupted
     saved = read_checkpoint(cut.out)
     assert saved["loop"]["stream_position"] == stop_at
+    assert saved["loop"]["period_stats"]["score_counts"] == ({"w1": 1} if stop_at == 73 else {})
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
     resumed = T.run(T.TrainConfig(out=cut.out), resume=True, progress=False, quiet=True)
@@ -326,15 +361,15 @@ def test_linear_lr_decay_follows_its_closed_form_also_when_a_run_is_extended(tmp
     assert log == {g: lr * (1 - g / 20) for g in range(10, 21)}
 
 
-NEW_SETTINGS = ("lr_decay", "batchnorm", "generator_hidden")
+NEW_SETTINGS = ("lr_decay", "batchnorm", "generator_hidden", "score_every")
 
 
 def test_checkpoints_from_before_lr_decay_and_batchnorm_resume_as_they_ran(tmp_path) -> None:
-    """A run folder written before --lr-decay, --batchnorm and --generator-hidden existed resumes
+    """A run folder written before --lr-decay, --batchnorm, --generator-hidden and --score-every existed resumes
     with a constant lr, no batch norm and one MLP width (what it trained with), not with today's
-    defaults."""
-    res = T.run(_cfg(tmp_path, iterations=4, log_every=2, lr_decay="none", batchnorm=False, generator_hidden=16),
-                progress=False, quiet=True)
+    defaults; and scored at its evaluations only (no --score-every then)."""
+    res = T.run(_cfg(tmp_path, iterations=4, log_every=2, lr_decay="none", batchnorm=False, generator_hidden=16,
+                     score_every=1), progress=False, quiet=True)
     path = os.path.join(res.out, T.CHECKPOINT_NAME)
     ck = read_checkpoint(res.out)
     for key in NEW_SETTINGS:
@@ -349,7 +384,8 @@ def test_checkpoints_from_before_lr_decay_and_batchnorm_resume_as_they_ran(tmp_p
           on_batch=_lr_log(log))
     assert set(log.values()) == {T.TOY_DEFAULTS["lr"]}
     resumed = read_checkpoint(res.out)["config"]
-    assert (resumed["lr_decay"], resumed["batchnorm"], resumed["generator_hidden"]) == ("none", False, 16)
+    assert (resumed["lr_decay"], resumed["batchnorm"], resumed["generator_hidden"], resumed["score_every"]) == (
+        "none", False, 16, 2)
 
 
 @pytest.mark.slow
@@ -412,6 +448,9 @@ def test_defaults_are_algorithm1_with_the_preset_lr_and_batch() -> None:
     images = T.resolve_config(T.TrainConfig(dataset="mnist"))  # the paper's Algorithm 1 as it is
     assert (images.lr, images.lr_decay, images.batch_size, images.arch, images.image_size) == (5e-5, "none", 64, "dcgan", 32)
     assert images.batchnorm is None  # DCGAN's own
+    assert (cfg.score_every, digits.score_every, images.score_every) == (
+        toy["score_every"], DIGITS_DEFAULTS["score_every"], images.log_every)
+    assert T.resolve_config(T.TrainConfig(log_every=40)).score_every == 40  # never longer than a period
     gp = T.resolve_config(T.TrainConfig(loss="gp"))
     assert (gp.c, gp.optimizer, gp.lr, gp.lr_decay) == (None, "adam", 1e-4, "none")
 
@@ -427,6 +466,7 @@ def test_defaults_are_algorithm1_with_the_preset_lr_and_batch() -> None:
     ({"dataset": "mnist", "batchnorm": True}, "DCGAN's networks have their own batch norm"),
     ({"dataset": "mnist", "generator_hidden": 64}, "DCGAN's networks have their own"),
     ({"lr_decay": "cosine"}, "unknown lr decay 'cosine'; choose one of none, linear"),
+    ({"score_every": 0}, "score every must be >= 1, got 0"),
 ])
 def test_bad_config(kw, msg) -> None:
     with pytest.raises(T.TrainError, match=msg):

@@ -237,6 +237,8 @@ def _alter_discriminator_opt(ck, key, value):
     (lambda ck: ck["loop"].update(next_period=-1), "next_period is -1, not a count >= 0"),
     (lambda ck: ck["loop"].update(elapsed=math.nan), "elapsed is nan"),
     (lambda ck: ck["loop"].update(period_stats={"w_sum": 0.0}), "period_stats is"),
+    (lambda ck: ck["loop"]["period_stats"].update(score_sums={"w1": 1.0}, score_counts={"w1": -1}), "period_stats is"),
+    (lambda ck: ck["loop"]["period_stats"].update(score_sums={"loss": 1.0}, score_counts={"loss": 1}), "period_stats is"),
     (lambda ck: ck["rng"].update(torch=torch.zeros(7, dtype=torch.uint8)), "a random generator state does not restore"),
     (lambda ck: ck["rng"]["numpy"].__setitem__(1, torch.zeros(3, dtype=torch.int64)),
      "a random generator state does not restore"),

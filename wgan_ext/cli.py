@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over a finite dataset instead (converted to generator iterations)")
     r.add_argument("--log-every", type=_positive_int, default=S,
                    help=f"evaluate, plot and checkpoint every N generator iterations ({per_data('log_every')})")
+    r.add_argument("--score-every", type=_positive_int, default=S,
+                   help=f"also score the generator (exact W1, digit FD) every N generator iterations between "
+                        f"evaluations; each row then holds the period's mean, which the summary's Spearman "
+                        f"compares with the critic's period-mean estimate (default {toy['score_every']} on the "
+                        f"2-D toys, {dig['score_every']} on digits, --log-every otherwise)")
     m = t.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default=S, help="mlp (toys, digits) or dcgan (image files)")
     m.add_argument("--hidden", type=_positive_int, default=S,
@@ -233,6 +238,14 @@ def _fmt(v: Any, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _spearman_line(summary: Dict[str, Any], key: str, name: str) -> str:
+    rho, snap = summary.get(f"spearman_critic_{key}"), summary.get(f"spearman_critic_{key}_at_evaluations")
+    if rho is None:
+        return f"  Spearman(critic estimate, {name}) over the run: n/a (needs 3+ evaluations that vary)"
+    line = f"  Spearman(critic estimate, {name}) over the run: {rho:.2f} (period means)"
+    return line + (f"; {snap:.2f} with {name} at the evaluations alone" if snap is not None and snap != rho else "")
+
+
 def _report(summary: Dict[str, Any]) -> None:
     f = summary.get("final") or {}
     n = summary.get("world_size", 1)
@@ -250,8 +263,7 @@ def _report(summary: Dict[str, Any]) -> None:
         print(f"  digit FD (classifier features): {f['fd']:.3g} (two real samples of the same size: "
               f"{_fmt(summary.get('fd_floor'), '.3g')}); {f['classes']}/{f['classes_total']} classes covered, "
               f"{100 * f['confident']:.0f}% of samples classified confidently")
-        rho = summary.get("spearman_critic_fd")
-        print(f"  Spearman(critic estimate, digit FD) over the run: {'n/a' if rho is None else format(rho, '.2f')}")
+        print(_spearman_line(summary, "fd", "digit FD"))
     if f.get("fid") is not None:
         print(f"  Inception FID: {f['fid']:.4g}")
     recent = summary.get("last_evaluations") or {}
@@ -265,9 +277,7 @@ def _report(summary: Dict[str, Any]) -> None:
                      f"{recent['classes_min']:.0f}-{recent['classes_max']:.0f} classes")
         print(line)
     if f.get("w1") is not None:
-        rho = summary.get("spearman_critic_w1")
-        print(f"  Spearman(critic estimate, exact W1) over the run: "
-              f"{'n/a (needs 3+ evaluations that vary)' if rho is None else format(rho, '.2f')}")
+        print(_spearman_line(summary, "w1", "exact W1"))
     out = summary["out"]
     print(f"  run folder: {out} (curves.png, samples/, metrics.csv, summary.json, checkpoint.pt)")
 

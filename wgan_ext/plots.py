@@ -133,9 +133,10 @@ def save_image_grid(path: str, images: torch.Tensor, nrow: int = 8) -> None:
 def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = "") -> List[str]:
     """Training curves against generator iterations: the critic's W estimate (log scale: its
     trend spans decades), the generator loss and, when the rows have them, exact W1 (with its
-    sample floor), modes covered with the fraction of samples within 3 std of a mode, the digit
-    FD (with its floor) and KID, classes covered with the fraction of confident samples, and
-    Inception FID. Returns the panels drawn, top to bottom."""
+    sample floor and its means over the periods), modes covered with the fraction of samples
+    within 3 std of a mode, the digit FD (with its floor and period means) and KID, classes
+    covered with the fraction of confident samples, and Inception FID. Returns the panels
+    drawn, top to bottom."""
     plt = _pyplot()
     its = [r["gen_iter"] for r in rows]
 
@@ -176,6 +177,7 @@ def plot_curves(path: str, rows: Sequence[Mapping[str, float]], *, title: str = 
         if "w1" in panels:
             ax = axes[panels.index("w1")]
             ax.plot(its, col("w1"), color="k", label="exact W1(generated, real)")
+            _plot_period_mean(ax, its, col, "w1", "exact W1")
             floor = col("w1_floor")
             if any(math.isfinite(v) for v in floor):
                 ax.axhline(floor[-1], color="gray", ls=":", label="W1 floor (real vs real)")
@@ -226,9 +228,17 @@ def _plot_coverage(ax, its: Sequence[float], col: Callable[[str], List[float]], 
     ax.grid(alpha=0.3)
 
 
+def _plot_period_mean(ax, its: Sequence[float], col: Callable[[str], List[float]], key: str, name: str) -> None:
+    """The score's mean over each period (``<key>_period``), when scored between evaluations."""
+    mean, at = col(f"{key}_period"), col(key)
+    if any(math.isfinite(m) and m != a for m, a in zip(mean, at)):
+        ax.plot(its, mean, color="tab:green", lw=2, alpha=0.8, label=f"{name}, mean over the period")
+
+
 def _plot_fd(ax, its: Sequence[float], col: Callable[[str], List[float]]) -> None:
     """The digit FD (log scale: it falls by decades) with its real-vs-real floor, and KID."""
     ax.plot(its, col("fd"), color="k", label="digit FD(generated, real)")
+    _plot_period_mean(ax, its, col, "fd", "digit FD")
     floor = [v for v in col("fd_floor") if math.isfinite(v)]
     if floor:
         ax.axhline(floor[-1], color="gray", ls=":", label="FD floor (real vs real)")

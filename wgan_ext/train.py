@@ -73,7 +73,7 @@ CONFIG_NAME = "config.json"
 _FIXED_ON_RESUME = (
     "dataset", "data_dir", "image_size", "channels", "loss", "c", "n_critic", "schedule", "lr", "lr_decay",
     "optimizer", "batch_size", "seed", "arch", "hidden", "generator_hidden", "n_hidden", "batchnorm",
-    "encoding_dims", "gp_lambda", "eval_samples", "log_every", "fsdp",
+    "encoding_dims", "gp_lambda", "eval_samples", "log_every", "score_every", "fsdp",
 )
 # Settings a resumed run may change.
 _CHANGEABLE_ON_RESUME = ("iterations", "epochs", "device", "threads", "inception_weights")
@@ -162,6 +162,8 @@ def _resumed_config(ck: Dict[str, Any], out: str, explicit: Dict[str, Any]) -> T
         saved.batchnorm = False                                   # and one width for both MLPs
     if "generator_hidden" not in ck["config"] and saved.arch == "mlp":
         saved.generator_hidden = saved.hidden
+    if "score_every" not in ck["config"]:  # likewise: scored at its evaluations only
+        saved.score_every = saved.log_every
     for k, v in explicit.items():
         if k in _FIXED_ON_RESUME and v is not None and v != getattr(saved, k):
             raise TrainError(
@@ -308,6 +310,7 @@ class _Run:
             self.stats.add_generator(self.gen_loss.last_value)
             if self.reporter is not None:
                 self.reporter.generator_update(self.gen_updates)
+            self._score_between()
         self._seen = (critic_n, gen_n)
         if self.on_batch is not None:
             self.on_batch(self)
@@ -318,6 +321,15 @@ class _Run:
             self._clock()
             self.write_checkpoint()
             raise _Interrupted()
+
+    def _score_between(self) -> None:
+        """Every ``score_every`` generator iterations inside a period, rank 0 scores the generator
+        alone (:meth:`Evaluator.sample_scores`, no collective) into the period's means."""
+        n = self.gen_updates
+        if self.evaluator is None or n % self.cfg.score_every or self._period_done():
+            return  # the period's last iteration is scored by its evaluation
+        scores, _ = self.evaluator.sample_scores(TD.plain_generator(self.trainer))
+        self.stats.add_scores(scores)
 
     def end_period(self, epoch: int) -> None:
         self._clock()
@@ -343,6 +355,8 @@ class _Run:
             assert self.evaluator is not None and self.reporter is not None and C is not None
             scores, fake = self.evaluator(G, C)
             row.update(scores)
+            # iteration 0 has no period: its "period" is itself (self.stats, still empty, adds nothing)
+            row.update(self.stats.period_scores(scores))
             row["time_s"] = round(self.elapsed, 3)
             self.history.append(row)
             bad = _non_finite({"generator": G, "critic": C})

@@ -35,6 +35,7 @@ import torch
 
 from . import plots as P
 from .train_errors import CheckpointError, TrainError
+from .train_eval import PERIOD_SCORES
 
 __all__ = [
     "CHECKPOINT_NAME", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint",
@@ -266,6 +267,19 @@ def _check_rng(state: Any) -> None:
         raise _misfit(f"a random generator state does not restore ({type(e).__name__}: {str(e)[:120]})") from None
 
 
+def _period_stats_fit(stats: Any) -> bool:
+    """A :class:`~wgan_ext.train_report.PeriodStats` state (one from before --score-every has no
+    score sums)."""
+    base = {"w_sum", "w_n", "g_sum", "g_n"}
+    if not (isinstance(stats, dict) and base <= set(stats) <= base | {"score_sums", "score_counts"}
+            and _is_count(stats["w_n"]) and _is_count(stats["g_n"])
+            and _is_number(stats["w_sum"]) and _is_number(stats["g_sum"])):
+        return False
+    sums, counts = stats.get("score_sums", {}), stats.get("score_counts", {})
+    return (isinstance(sums, dict) and isinstance(counts, dict) and set(sums) == set(counts)
+            and all(k in PERIOD_SCORES and _is_number(sums[k]) and _is_count(counts[k]) for k in sums))
+
+
 def _check_loop(loop: Any) -> None:
     """The loop state's entries have their types and ranges."""
     if not isinstance(loop, dict):
@@ -277,9 +291,7 @@ def _check_loop(loop: Any) -> None:
     if not (_is_number(elapsed) and math.isfinite(elapsed) and elapsed >= 0):
         raise _misfit(f"elapsed is {elapsed!r}, not a time in seconds")
     stats = loop.get("period_stats")
-    if not (isinstance(stats, dict) and set(stats) == {"w_sum", "w_n", "g_sum", "g_n"}
-            and _is_count(stats["w_n"]) and _is_count(stats["g_n"])
-            and _is_number(stats["w_sum"]) and _is_number(stats["g_sum"])):
+    if not _period_stats_fit(stats):
         raise _misfit(f"period_stats is {stats!r}")
     history = loop.get("history")
     if not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):

@@ -52,11 +52,12 @@ ARCHS = ("mlp", "dcgan")
 #   code's) is kept: 8-D noise covered no mode; a 3 x 512 critic, batch norm in the generator,
 #   or a faster generator (lr 3e-4 against the critic's 1e-4) did worse.
 TOY_DEFAULTS = {"lr": 2e-4, "lr_decay": "linear", "batch_size": 256, "batchnorm": False, "iterations": 10000,
-                "hidden": 128, "generator_hidden": 256, "encoding_dims": 2, "log_every": 500}
+                "hidden": 128, "generator_hidden": 256, "encoding_dims": 2, "log_every": 500, "score_every": 100}
 # Images: the paper's Algorithm 1 as it is (lr 5e-5 constant, m = 64), its MLP width, DCGAN's
 # 100-D noise.
 IMAGE_DEFAULTS = {"lr": WF.PAPER_LR, "lr_decay": "none", "batch_size": WF.PAPER_BATCH_SIZE, "batchnorm": False,
-                  "iterations": 2000, "hidden": 512, "encoding_dims": 100, "log_every": 200, "image_size": 32}
+                  "iterations": 2000, "hidden": 512, "encoding_dims": 100, "log_every": 200, "image_size": 32,
+                  "score_every": None}  # None: at the evaluations only (Inception FID is slow)
 # scikit-learn's 8x8 digits: 3 x 256 MLPs, tanh output, batch norm in the generator (as DCGAN's
 # generator has), constant lr 2e-4, m = 64, 3000 iterations. Measured with preset_sweep.py (seeds 0-4,
 # digit FD against floors of 1.2-3.7, classes covered of 10, Spearman(critic estimate, FD)):
@@ -68,7 +69,8 @@ IMAGE_DEFAULTS = {"lr": WF.PAPER_LR, "lr_decay": "none", "batch_size": WF.PAPER_
 #     while as the clipped weights saturate, mid-run);
 #   batch norm, lr 2e-4: FD 3.0-5.3, 9-10 classes, Spearman 0.90-0.99 -- the preset; m = 128 was as
 #     good on seed 0 and worse on seed 1 (0.58), the paper's 100 critic updates at first worse.
-DIGITS_DEFAULTS = {**IMAGE_DEFAULTS, "lr": 2e-4, "batchnorm": True, "hidden": 256, "iterations": 3000, "log_every": 250}
+DIGITS_DEFAULTS = {**IMAGE_DEFAULTS, "lr": 2e-4, "batchnorm": True, "hidden": 256, "iterations": 3000, "log_every": 250,
+                   "score_every": 50}
 GP_LR = 1e-4  # Gulrajani et al. 2017 (Adam)
 ADAM_BETAS = (0.5, 0.9)  # Gulrajani et al. 2017
 # Tiny MLP tensors gain nothing from intra-op threads, and on a busy machine the OpenMP
@@ -101,6 +103,7 @@ class TrainConfig:
     iterations: Optional[int] = None
     epochs: Optional[float] = None
     log_every: Optional[int] = None
+    score_every: Optional[int] = None  # W1 / digit FD also between evaluations: the period's means
     seed: int = 0
     device: str = "cpu"
     out: Optional[str] = None
@@ -233,6 +236,9 @@ def resolve_config(cfg: TrainConfig, source: Optional[D.DataSource] = None) -> T
     if c.log_every is None:
         c.log_every = defaults["log_every"]
     _check(c.log_every >= 1, f"log every must be >= 1, got {c.log_every}")
+    if c.score_every is None:
+        c.score_every = min(defaults["score_every"] or c.log_every, c.log_every)
+    _check(_is_int(c.score_every) and c.score_every >= 1, f"score every must be >= 1, got {c.score_every}")
     cpus = usable_cpus()
     if c.threads is None:
         c.threads = MLP_THREADS if c.arch == "mlp" else min(torch.get_num_threads(), cpus)

@@ -329,6 +329,12 @@ def eval_models(trainer: Any, world: World) -> Tuple[Optional[torch.nn.Module], 
     return models[0], models[1]
 
 
+def plain_generator(trainer: Any) -> torch.nn.Module:
+    """The generator as a plain module (never sharded; DDP's replicas are equal), without a
+    collective: rank 0 may score it alone."""
+    return _plain(trainer.generator)
+
+
 def model_states(trainer: Any, world: World) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(models, optimizers) state dicts for the checkpoint, with the keys a single process has
     (sharded ones gathered to full tensors: a collective, call on all ranks; complete on rank 0)."""

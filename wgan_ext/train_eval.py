@@ -8,8 +8,9 @@ training RNG, which keeps resumed runs bit-identical.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -17,11 +18,16 @@ from . import data as D
 from . import image_scores as S
 from . import metrics as M
 
-__all__ = ["Evaluator", "SCORES"]
+__all__ = ["Evaluator", "SCORES", "PERIOD_SCORES"]
 
 SCORES = ("critic_w_eval", "w1", "w1_floor", "modes", "modes_total", "high_quality",
           "fd", "fd_floor", "kid", "classes", "classes_total", "confident", "fid")
 """The keys of an evaluation row (NaN where a score does not apply to the data)."""
+
+PERIOD_SCORES = ("w1", "fd")
+"""Scores also averaged over each logging period (``w1_period``, ``fd_period``, with those taken
+every ``score_every`` generator iterations): the critic's estimate in a row is a mean over its
+period, and the summary's Spearman correlations take it against these."""
 
 
 class Evaluator:
@@ -70,28 +76,41 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, G: torch.nn.Module, C: torch.nn.Module) -> Tuple[Dict[str, Any], torch.Tensor]:
-        """(scores keyed by :data:`SCORES`, the generated samples on CPU). ``G`` and ``C`` are
-        put in eval mode meanwhile (batch norm must not update its statistics while we look)."""
-        modes = (G.training, C.training)
-        G.eval()
-        C.eval()
-        try:
-            fake = torch.cat([G(z.to(self.device)).cpu() for z in self.noise.split(1024)])
-            row: Dict[str, Any] = dict.fromkeys(SCORES, math.nan)
+        """(scores keyed by :data:`SCORES`, the generated samples on CPU): :meth:`sample_scores`,
+        the critic's estimate on the fixed set and Inception FID. ``G`` and ``C`` are put in eval
+        mode meanwhile (batch norm must not update its statistics while we look)."""
+        with _eval_mode(C):
+            row, fake = self.sample_scores(G)
             row["critic_w_eval"] = M.critic_estimate(lambda x: C(x.to(self.device)).cpu(), self.real, fake)
-            row["w1_floor"] = self.w1_floor
-            if not bool(torch.isfinite(fake).all()):  # diverged: NaN scores (the assignment would raise)
-                return row, fake
-            if self.real[0].numel() <= 4096:  # pixel-space W1 for small images is cheap and still says something
-                row["w1"] = M.exact_w1(fake, self.real)
-            if self.modes is not None:
-                cov = M.mode_coverage(fake, self.modes, self.mode_radius)
-                row.update(modes=cov.covered, modes_total=cov.total, high_quality=cov.high_quality)
-            if self.digits is not None:
-                row.update(self.digits(fake), fd_floor=self.digits.fd_floor)
-            if self.inception is not None:
+            if self.inception is not None and bool(torch.isfinite(fake).all()):
                 row["fid"] = self.inception(fake)
+        return row, fake
+
+    @torch.no_grad()
+    def sample_scores(self, G: torch.nn.Module) -> Tuple[Dict[str, Any], torch.Tensor]:
+        """The scores of ``G``'s samples alone, cheap enough to take between evaluations: exact W1,
+        modes, the digit scores (the others NaN; all NaN when the samples are not finite)."""
+        with _eval_mode(G):
+            fake = torch.cat([G(z.to(self.device)).cpu() for z in self.noise.split(1024)])
+        row: Dict[str, Any] = dict.fromkeys(SCORES, math.nan)
+        row["w1_floor"] = self.w1_floor
+        if not bool(torch.isfinite(fake).all()):  # diverged: NaN scores (the assignment would raise)
             return row, fake
-        finally:
-            G.train(modes[0])
-            C.train(modes[1])
+        if self.real[0].numel() <= 4096:  # pixel-space W1 for small images is cheap and still says something
+            row["w1"] = M.exact_w1(fake, self.real)
+        if self.modes is not None:
+            cov = M.mode_coverage(fake, self.modes, self.mode_radius)
+            row.update(modes=cov.covered, modes_total=cov.total, high_quality=cov.high_quality)
+        if self.digits is not None:
+            row.update(self.digits(fake), fd_floor=self.digits.fd_floor)
+        return row, fake
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)
