@@ -82,14 +82,15 @@ _COLUMNS = {
 
 def _table(dataset: str, runs: List[Dict[str, Any]]) -> str:
     cfg = runs[0]["config"]
+    score = "exact W1" if dataset == "8gaussians" else "the digit FD"
     lines = [f"### `wgan-ext train{'' if dataset == '8gaussians' else ' --dataset ' + dataset}`", "",
              f"Settings: weight clipping c = {cfg['c']}, n_critic = {cfg['n_critic']}, RMSProp lr = {cfg['lr']}"
              f"{' decaying linearly to 0' if cfg.get('lr_decay') == 'linear' else ''}, "
              f"batch m = {cfg['batch_size']}, {cfg['iterations']} generator iterations, ReLU MLPs: critic {cfg['n_hidden']} x "
              f"{cfg['hidden']}, generator {cfg['n_hidden']} x {cfg.get('generator_hidden') or cfg['hidden']}"
              f"{' with batch norm' if cfg.get('batchnorm') else ''}, noise dim {cfg['encoding_dims']}; evaluated every "
-             f"{cfg['log_every']} generator iterations (W1 and FD also every {cfg.get('score_every') or cfg['log_every']}, "
-             f"for the period means) on {cfg['eval_samples']} fixed samples; {cfg['threads']} torch thread(s).", ""]
+             f"{cfg['log_every']} generator iterations on {cfg['eval_samples']} fixed samples, {score} also every "
+             f"{cfg.get('score_every') or cfg['log_every']} for the period means; {cfg['threads']} torch thread(s).", ""]
     columns = _COLUMNS[dataset]
     heads = ["seed"] + [head for head, _ in columns] + ["wall time (s)"]
     lines += ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
