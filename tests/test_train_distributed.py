@@ -141,10 +141,13 @@ def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path)
     require_fsdp2()
     work = tmp_path / "work"
     work.mkdir()
-    # a constant lr: with --lr-decay linear a run of 10 extended to 20 follows another ramp
-    full = _torchrun(tmp_path, work, *TINY, "--fsdp", "--lr-decay", "none", "--iterations", "20", "--out", "full")
+    # a constant lr: with --lr-decay linear a run of 10 extended to 20 follows another ramp; rank 0
+    # also scores the generator mid-period (--score-every 5), alone
+    full = _torchrun(tmp_path, work, *TINY, "--fsdp", "--lr-decay", "none", "--score-every", "5", "--iterations", "20",
+                     "--out", "full")
     assert full.returncode == 0, full.stderr[-3000:]
-    cut = _torchrun(tmp_path, work, *TINY, "--fsdp", "--lr-decay", "none", "--iterations", "10", "--out", "cut")
+    cut = _torchrun(tmp_path, work, *TINY, "--fsdp", "--lr-decay", "none", "--score-every", "5", "--iterations", "10",
+                    "--out", "cut")
     assert cut.returncode == 0, cut.stderr[-3000:]
     resumed = _nproc(tmp_path, work, "--resume", "cut", "--iterations", "20", "--no-progress", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -153,6 +156,7 @@ def test_fsdp_under_torchrun_then_resumed_with_nproc_continues_exactly(tmp_path)
     assert (b["config"]["fsdp"], b["config"]["world_size"]) == (True, 2)
     assert _critic_max(b) <= C
     assert_continued_exactly(a, b, ranks=True)
+    assert all(r["w1_period"] != r["w1"] for r in a["loop"]["history"][1:])  # the mid-period scores count
     assert _written(tmp_path, 1, work) == []  # the resumed run's rank 1 wrote nothing either
 
 
