@@ -71,7 +71,8 @@ IMAGE_DEFAULTS = {"lr": WF.PAPER_LR, "lr_decay": "none", "batch_size": WF.PAPER_
 #   batch norm, lr 2e-4: FD 3.0-5.3, 9-10 classes, Spearman 0.90-0.99 -- the preset; m = 128 was as
 #     good on seed 0 and worse on seed 1 (0.58), the paper's 100 critic updates at first worse.
 #   Through wgan-ext train, seeds 0-4: Spearman against the FD's period means (score_every 50)
-#     0.88-0.99; linear lr decay did not help (seed 0: 0.895, 9 classes).
+#     0.88-0.99; linear lr decay (seed 0: 0.895, 9 classes), a 3 x 512 generator (0.56-0.99) or
+#     a 3 x 512 critic (0.49-0.90, seeds 0-2) did not help.
 DIGITS_DEFAULTS = {**IMAGE_DEFAULTS, "lr": 2e-4, "batchnorm": True, "hidden": 256, "iterations": 3000, "log_every": 250,
                    "score_every": 50}
 GP_LR = 1e-4  # Gulrajani et al. 2017 (Adam)
