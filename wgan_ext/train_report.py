@@ -55,13 +55,10 @@ class PeriodStats:
     def period_scores(self, last: Dict[str, Any]) -> Dict[str, float]:
         """``{"w1_period": ..., "fd_period": ...}``: the means of the scores counted so far and
         those of ``last`` (the period's closing evaluation); NaN where none was finite."""
-        out = {}
-        for k in PERIOD_SCORES:
-            total, n = self.score_sums.get(k, 0.0), self.score_counts.get(k, 0)
-            if _finite(last.get(k)):
-                total, n = total + float(last[k]), n + 1
-            out[f"{k}_period"] = total / n if n else math.nan
-        return out
+        whole = PeriodStats(score_sums=dict(self.score_sums), score_counts=dict(self.score_counts))
+        whole.add_scores(last)
+        return {f"{k}_period": whole.score_sums[k] / whole.score_counts[k] if k in whole.score_counts else math.nan
+                for k in PERIOD_SCORES}
 
     @property
     def critic_w(self) -> float:
